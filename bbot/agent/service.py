@@ -1,0 +1,373 @@
+"""The agent: owns build machines, takes tasks for them, boots, waits, reports.
+
+Per task (see ``lifecycle``): make the boot directory holding
+``task.manifest`` on the TFTP server, create the snapshot, boot, wait for the
+worker's ``result.manifest`` (or its death, or the build timeout), shut the
+machine down, discard the snapshot, publish the result to the controller's
+results queue. A task message is acknowledged as soon as a free machine takes
+it: no delivery stays unacknowledged for a build's length; if the agent dies,
+the controller's lease brings the task back.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kombu import Consumer
+from kombu.mixins import ConsumerMixin
+
+from bbot import bus
+from bbot.agent.lifecycle import BootLife, MachineEvent, MachineState
+from bbot.agent.machines.base import BootSpec, MachineBackend
+from bbot.agent.machines.process import ProcessMachine
+from bbot.bus import names
+from bbot.config import AgentConfig, MachineConfig
+from bbot.manifest import ManifestError, MachineHeader, OperationResult, Result, ResultRequest, Task, TaskRequest
+from bbot.manifest.status import Status
+from bbot.tftp import RESULT_FILE, TASK_FILE, TftpService
+
+log = logging.getLogger(__name__)
+
+# How long to wait for the result upload to land after the worker exited.
+RESULT_SETTLE_SECONDS = 2.0
+MAX_CONSOLE_TAIL = 8192
+
+
+def make_backends() -> dict[str, MachineBackend]:
+    """One backend per machine type (see bbot/agent/machines/)."""
+    return {"process": ProcessMachine()}
+
+
+@dataclass
+class Slot:
+    """One build machine of this agent and what it is doing."""
+
+    machine: MachineConfig
+    boot: BootLife | None = None
+
+    @property
+    def free(self) -> bool:
+        return self.boot is None
+
+    def header(self) -> MachineHeader:
+        return MachineHeader(id=self.machine.id, name=self.machine.name, summary=self.machine.summary)
+
+
+@dataclass
+class _Pending:
+    """A boot's wait for its result upload."""
+
+    arrived: threading.Event = field(default_factory=threading.Event)
+
+
+class Agent:
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        broker_url: str,
+        data_dir: Path,
+        toolchain_name: str = "bbot",
+        toolchain_version: str = "0",
+        backends: dict[str, MachineBackend] | None = None,
+        on_boot_done: Callable[[BootLife], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.broker_url = broker_url
+        self.toolchain_name = toolchain_name
+        self.toolchain_version = toolchain_version
+        self.backends = backends or make_backends()
+        self.slots = [Slot(m) for m in config.machines]
+        if not self.slots:
+            raise ValueError("the agent has no machines: add agent.machines to the configuration")
+        for slot in self.slots:
+            if slot.machine.type not in self.backends:
+                raise ValueError(f"machine '{slot.machine.id}': no backend for type '{slot.machine.type}'")
+            names.machine_key(slot.machine.name)  # refuses names that cannot be routing keys
+        self.work_root = data_dir / "agent" / config.name
+        self.tftp_root = self.work_root / "tftp"
+        self.boots_root = self.work_root / "boots"
+        self._lock = threading.Lock()
+        self._pending: dict[str, _Pending] = {}
+        self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
+        self._on_boot_done = on_boot_done
+        self.tftp: TftpService | None = None
+        self._consumer: _TaskConsumer | None = None
+        self._publisher: bus.Publisher | None = None
+
+    # -- start and stop -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        # Leftovers of an earlier run of this agent are ours alone: clear them.
+        for leftover in (self.tftp_root, self.boots_root):
+            shutil.rmtree(leftover, ignore_errors=True)
+            leftover.mkdir(parents=True)
+        self.tftp = TftpService(
+            self.tftp_root, host=self.config.tftp_host, port=self.config.tftp_port,
+            on_upload=self._on_upload,
+        )
+        self.tftp.start()
+        log.info("agent %s: TFTP on %s:%d, %d machine(s)", self.config.name, self.config.tftp_host,
+                 self.tftp.port, len(self.slots))
+        self._publisher = bus.Publisher(self.broker_url)
+        self._consumer = _TaskConsumer(self)
+        self._spawn(self._consumer.run, "agent-consumer")
+        self._spawn(self._heartbeat, "agent-heartbeat")
+
+    def stop(self) -> None:
+        """Stop taking tasks, interrupt running boots (their tasks go back), release everything."""
+        self._stopping.set()
+        if self._consumer is not None:
+            self._consumer.should_stop = True
+        for pending in list(self._pending.values()):
+            pending.arrived.set()
+        for t in self._threads:
+            t.join(timeout=60)
+        self._threads.clear()
+        if self.tftp is not None:
+            self.tftp.stop()
+        if self._publisher is not None:
+            self._publisher.close()
+
+    def _spawn(self, target: Callable[..., Any], name: str, *args: Any) -> None:
+        t = threading.Thread(target=target, name=name, args=args, daemon=True)
+        self._threads.append(t)
+        t.start()
+
+    # -- announcements --------------------------------------------------------------------------
+
+    def announcement(self) -> TaskRequest:
+        return TaskRequest(
+            agent=self.config.name,
+            toolchain_name=self.toolchain_name,
+            toolchain_version=self.toolchain_version,
+            machines=[s.header() for s in self.slots],
+        )
+
+    def _heartbeat(self) -> None:
+        assert self._publisher is not None
+        while not self._stopping.is_set():
+            try:
+                self._publisher.publish(
+                    self.announcement().to_text(), exchange=bus.announce_exchange(), routing_key="",
+                    persistent=False,
+                )
+            except Exception:
+                log.exception("agent %s: announcement failed; retrying at the next heartbeat",
+                              self.config.name)
+            self._stopping.wait(self.config.heartbeat)
+
+    # -- taking tasks ---------------------------------------------------------------------------
+
+    def machine_names(self) -> list[str]:
+        return sorted({s.machine.name for s in self.slots})
+
+    def has_free(self, machine_name: str) -> bool:
+        with self._lock:
+            return any(s.free and s.machine.name == machine_name for s in self.slots)
+
+    def on_task(self, machine_name: str, message: Any) -> None:
+        """A task message for ``machine_name``: take it onto a free machine, or give it back."""
+        if self._stopping.is_set():
+            message.requeue()
+            return
+        session = message.properties.get("correlation_id") or ""
+        reply_to = message.properties.get("reply_to") or ""
+        try:
+            task = Task.from_text(bus.body_text(message.body))
+        except (ManifestError, UnicodeDecodeError) as e:
+            # A task we cannot read would fail on every agent: drop it loudly, the lease ends it.
+            log.error("agent %s: dropping unreadable task (session %r): %s", self.config.name, session, e)
+            message.ack()
+            return
+        if not session or not reply_to:
+            log.error("agent %s: dropping task %s/%s without session or reply_to", self.config.name,
+                      task.name, task.version)
+            message.ack()
+            return
+        with self._lock:
+            slot = next((s for s in self.slots if s.free and s.machine.name == machine_name), None)
+            if slot is not None:
+                slot.boot = BootLife(boot_id=f"{slot.machine.id}-{secrets.token_hex(6)}")
+        if slot is None:
+            message.requeue()
+            return
+        message.ack()  # handed on to a machine
+        assert slot.boot is not None
+        self._spawn(self._run_boot, f"boot-{slot.boot.boot_id}", slot, task, session, reply_to)
+
+    # -- one boot ---------------------------------------------------------------------------------
+
+    def _on_upload(self, boot_dir: str, path: Path) -> None:
+        if path.name == RESULT_FILE:
+            pending = self._pending.get(boot_dir)
+            if pending is not None:
+                pending.arrived.set()
+
+    def _run_boot(self, slot: Slot, task: Task, session: str, reply_to: str) -> None:
+        life = slot.boot
+        assert life is not None and self.tftp is not None
+        backend = self.backends[slot.machine.type]
+        spec = BootSpec(life.boot_id, self.boots_root / life.boot_id, self.config.tftp_host, self.tftp.port)
+        boot_dir = self.tftp_root / life.boot_id
+        pending = self._pending[life.boot_id] = _Pending()
+        started = time.monotonic()
+        result: Result | None = None
+        try:
+            boot_dir.mkdir()
+            (boot_dir / TASK_FILE).write_text(task.to_text(), encoding="utf-8")
+            self.tftp.allow(life.boot_id)
+            spec.work_dir.mkdir(parents=True)
+            backend.create_snapshot(spec)
+            life.move(MachineEvent.BOOT)
+            backend.boot(spec)
+            life.move(MachineEvent.STARTED)
+            result = self._wait_for_result(backend, spec, life, pending, task)
+        except Exception as e:
+            log.exception("agent %s: boot %s failed", self.config.name, life.boot_id)
+            if life.state in (MachineState.SNAPSHOT, MachineState.BOOTING, MachineState.RUNNING):
+                life.move(MachineEvent.FAILED, f"machine failed to boot: {e}")
+        finally:
+            backend.shutdown(spec, self.config.shutdown_grace)
+            if life.state is MachineState.RESULT:
+                life.move(MachineEvent.SHUTDOWN)
+            if result is None:
+                result = self._abnormal(task, life, backend.console_tail(spec, MAX_CONSOLE_TAIL))
+            backend.discard(spec)
+            self.tftp.forbid(life.boot_id)
+            shutil.rmtree(boot_dir, ignore_errors=True)
+            self._pending.pop(life.boot_id, None)
+            life.move(MachineEvent.DISCARD)
+            with self._lock:
+                slot.boot = None
+        if self._stopping.is_set() and life.failure is not None:
+            result = Result(task.name, task.version, Status.INTERRUPT)
+        metrics = {
+            "boot-seconds": life.seconds_in(MachineState.BOOTING),
+            "worker-seconds": life.seconds_in(MachineState.RUNNING),
+            "agent-seconds": time.monotonic() - started,
+        }
+        self._publish_result(ResultRequest(session=session, result=result), reply_to, slot, metrics)
+        if self._on_boot_done is not None:
+            self._on_boot_done(life)
+
+    def _wait_for_result(self, backend: MachineBackend, spec: BootSpec, life: BootLife,
+                         pending: _Pending, task: Task) -> Result | None:
+        deadline = time.monotonic() + self.config.build_timeout
+        result_path = self.tftp_root / spec.boot_id / RESULT_FILE
+        exit_seen_at: float | None = None
+        while True:
+            if pending.arrived.wait(timeout=0.05) and result_path.exists():
+                try:
+                    result = Result.from_text(result_path.read_bytes())
+                except (ManifestError, UnicodeDecodeError) as e:
+                    life.move(MachineEvent.FAILED, f"the worker's result manifest is malformed: {e}")
+                    return None
+                if (result.name, result.version) != (task.name, task.version):
+                    life.move(MachineEvent.FAILED,
+                              f"the worker reported {result.name}/{result.version} for task "
+                              f"{task.name}/{task.version}")
+                    return None
+                life.move(MachineEvent.RESULT)
+                return result
+            if self._stopping.is_set():
+                life.move(MachineEvent.FAILED, "agent stopping")
+                return None
+            now = time.monotonic()
+            if now > deadline:
+                life.move(MachineEvent.FAILED,
+                          f"build timed out after {self.config.build_timeout:g} s; machine shut down")
+                return None
+            exited = backend.poll(spec)
+            if exited is not None:
+                # The upload may still be landing: give it a moment before calling it lost.
+                exit_seen_at = exit_seen_at or now
+                if now - exit_seen_at > RESULT_SETTLE_SECONDS:
+                    life.move(MachineEvent.FAILED, f"{exited.description} without a result")
+                    return None
+
+    @staticmethod
+    def _abnormal(task: Task, life: BootLife, console: str) -> Result:
+        text = f"bbot agent: {life.failure or 'machine failed'}\n"
+        if console:
+            text += f"\nlast machine console output:\n{console}"
+            if not text.endswith("\n"):
+                text += "\n"
+        return Result(task.name, task.version, Status.ABNORMAL,
+                      [OperationResult("machine", Status.ABNORMAL, text)])
+
+    def _publish_result(self, request: ResultRequest, reply_to: str, slot: Slot,
+                        metrics: dict[str, float]) -> None:
+        assert self._publisher is not None
+        headers: dict[str, Any] = {
+            names.HEADER_AGENT: self.config.name,
+            names.HEADER_MACHINE_NAME: slot.machine.name,
+            names.HEADER_MACHINE_SUMMARY: slot.machine.summary,
+        }
+        headers.update({names.HEADER_METRICS_PREFIX + k: round(v, 6) for k, v in metrics.items()})
+        try:
+            self._publisher.publish(
+                request.to_text(), exchange=bus.results_exchange(), routing_key=reply_to,
+                correlation_id=request.session, headers=headers,
+            )
+        except Exception:
+            # The controller's lease will issue the task again: nothing is lost, only time.
+            log.exception("agent %s: could not publish the result of %s", self.config.name, request.session)
+
+
+class _TaskConsumer(ConsumerMixin):  # type: ignore[misc]
+    """Consumes the task queue of each machine name the agent has, while a machine is free.
+
+    kombu's ConsumerMixin reconnects (with failover) by itself; ``on_iteration``
+    pauses the queue of a machine name with no free machine, so tasks stay on the
+    broker for other agents instead of waiting here.
+    """
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.connection = bus.connect(agent.broker_url)
+        self._consumers: dict[str, Any] = {}
+        self._active: dict[str, bool] = {}
+
+    def get_consumers(self, consumer_cls: type[Consumer], channel: Any) -> list[Any]:
+        self._consumers = {}
+        for name in self.agent.machine_names():
+            c = consumer_cls(
+                queues=[bus.task_queue(name)],
+                on_message=lambda message, n=name: self.agent.on_task(n, message),
+                prefetch_count=1,
+                auto_declare=True,
+            )
+            self._consumers[name] = c
+            self._active[name] = True
+        return list(self._consumers.values())
+
+    def on_iteration(self) -> None:
+        for name, consumer in self._consumers.items():
+            free = self.agent.has_free(name)
+            if free and not self._active[name]:
+                consumer.consume()
+                self._active[name] = True
+            elif not free and self._active[name]:
+                consumer.cancel()
+                self._active[name] = False
+
+    def run(self, _tokens: int = 1, **kwargs: Any) -> None:
+        try:
+            super().run(_tokens, **kwargs)
+        finally:
+            self.connection.release()
+
+    def consume(self, *args: Any, **kwargs: Any) -> Any:
+        # A short safety interval keeps the pause/resume of queues responsive.
+        kwargs.setdefault("safety_interval", 0.1)
+        return super().consume(*args, **kwargs)
