@@ -28,7 +28,8 @@ RETRY_POLICY: dict[str, Any] = {
 def connect(url: str) -> Connection:
     """A connection for ``url`` (``;`` separates failover alternatives)."""
     if url.startswith("memory://"):
-        return Connection(url)
+        # In one process: poll often, the queues are plain Python objects.
+        return Connection(url, transport_options={"polling_interval": 0.01})
     return Connection(
         url,
         heartbeat=30,

@@ -1,0 +1,5 @@
+import sys
+
+from bbot.cli import main
+
+sys.exit(main())
