@@ -247,7 +247,8 @@ def load_config(path: Path | None = None, *, data_dir: Path | None = None) -> Co
         )
     source = str(path)
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        with open(path, encoding="utf-8") as stream:  # a stream, so YAML errors name the file
+            document = yaml.safe_load(stream)
     except OSError as e:
         raise ConfigError(source, [f"cannot read the file: {e.strerror}"]) from e
     except yaml.YAMLError as e:

@@ -118,10 +118,11 @@ class LogPathError(ValueError):
 
 def parse_log_path(path: str) -> tuple[BuildKey, str | None]:
     """Inverse of ``log_path``: ``(key, operation or None)``; LogPathError names the bad part."""
-    parts = [unquote(p) for p in path.strip("/").split("/")]
+    raw = path.strip("/").split("/")
     tenant = ""
-    if parts and parts[0].startswith("@"):
-        tenant = parts.pop(0)[1:]
+    if raw and raw[0].startswith("@"):  # before unquoting: an encoded '@' is part of a name
+        tenant = unquote(raw.pop(0)[1:])
+    parts = [unquote(p) for p in raw]
     if len(parts) < 3 or parts[2] != "log":
         raise LogPathError("expected <package>/<version>/log/...")
     names = ["package name", "package version"]
