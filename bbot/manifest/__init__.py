@@ -1,1 +1,30 @@
+"""The build2 manifest format and the typed bbot manifests (no I/O)."""
 
+from bbot.manifest.status import Status, worst
+from bbot.manifest.text import (
+    Manifest,
+    ManifestError,
+    Pair,
+    merge_comment,
+    parse_manifest,
+    parse_stream,
+    sanitize_value,
+    serialize_manifest,
+    serialize_stream,
+    split_comment,
+)
+
+__all__ = [
+    "Manifest",
+    "ManifestError",
+    "Pair",
+    "Status",
+    "merge_comment",
+    "parse_manifest",
+    "parse_stream",
+    "sanitize_value",
+    "serialize_manifest",
+    "serialize_stream",
+    "split_comment",
+    "worst",
+]
