@@ -32,7 +32,7 @@ from bbot.bus import names
 from bbot.config import AgentConfig, MachineConfig
 from bbot.manifest import ManifestError, MachineHeader, OperationResult, Result, ResultRequest, Task, TaskRequest
 from bbot.manifest.status import Status
-from bbot.tftp import RESULT_FILE, TASK_FILE, TftpService
+from bbot.tftp import RESULT_MANIFEST, TASK_MANIFEST, TftpService
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ class Agent:
     # -- one boot ---------------------------------------------------------------------------------
 
     def _on_upload(self, boot_dir: str, path: Path) -> None:
-        if path.name == RESULT_FILE:
+        if path.name == RESULT_MANIFEST:
             pending = self._pending.get(boot_dir)
             if pending is not None:
                 pending.arrived.set()
@@ -224,7 +224,7 @@ class Agent:
         result: Result | None = None
         try:
             boot_dir.mkdir()
-            (boot_dir / TASK_FILE).write_text(task.to_text(), encoding="utf-8")
+            (boot_dir / TASK_MANIFEST).write_text(task.to_text(), encoding="utf-8")
             self.tftp.allow(life.boot_id)
             spec.work_dir.mkdir(parents=True)
             backend.create_snapshot(spec)
@@ -263,7 +263,7 @@ class Agent:
     def _wait_for_result(self, backend: MachineBackend, spec: BootSpec, life: BootLife,
                          pending: _Pending, task: Task) -> Result | None:
         deadline = time.monotonic() + self.config.build_timeout
-        result_path = self.tftp_root / spec.boot_id / RESULT_FILE
+        result_path = self.tftp_root / spec.boot_id / RESULT_MANIFEST
         exit_seen_at: float | None = None
         while True:
             if pending.arrived.wait(timeout=0.05) and result_path.exists():

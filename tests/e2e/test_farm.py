@@ -159,7 +159,6 @@ def test_bad_submissions_are_refused_with_a_reason(farm: Farm, tmp_path: Path) -
 def test_waiting_reason_when_no_machine_matches(tmp_path: Path, unique: str) -> None:
     f = make_farm(tmp_path, unique)
     try:
-        f.config  # noqa: B018
         git_repo(tmp_path / "p", {"Makefile": "all:\n\ttrue\n"})
         f.controller.config = replace(
             f.controller.config,
