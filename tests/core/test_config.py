@@ -82,3 +82,10 @@ def test_smtp_password_comes_from_the_environment(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("BBOT_TEST_PW", "s3cret")
     config = parse_config(doc)
     assert config.email.smtp is not None and config.email.smtp.password == "s3cret"
+
+
+def test_shipped_example_configurations_parse() -> None:
+    root = Path(__file__).resolve().parents[2]
+    config = load_config(root / "docker" / "farm.yaml")
+    assert config.broker_url.startswith("amqp://")
+    assert [c.name for c in config.configurations] == ["gcc-release", "gcc-debug"]
