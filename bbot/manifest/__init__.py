@@ -1,5 +1,15 @@
 """The build2 manifest format and the typed bbot manifests (no I/O)."""
 
+from bbot.manifest.bbot import (
+    Machine,
+    MachineHeader,
+    OperationResult,
+    Result,
+    ResultRequest,
+    Task,
+    TaskRequest,
+    TaskResponse,
+)
 from bbot.manifest.status import Status, worst
 from bbot.manifest.text import (
     Manifest,
@@ -15,10 +25,18 @@ from bbot.manifest.text import (
 )
 
 __all__ = [
+    "Machine",
+    "MachineHeader",
     "Manifest",
     "ManifestError",
+    "OperationResult",
     "Pair",
+    "Result",
+    "ResultRequest",
     "Status",
+    "Task",
+    "TaskRequest",
+    "TaskResponse",
     "merge_comment",
     "parse_manifest",
     "parse_stream",
