@@ -21,7 +21,7 @@ from bbot.controller.web.common import (
     store,
     submit_hook,
 )
-from bbot.controller.web.logs import log_link
+from bbot.controller.web.logs import log_links
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def register(app: Flask) -> None:
         root = base_url() + "/"
         items = [
             build_json(b, page_url=_page_url(b.id),
-                       log_url=root + log_link(found, b) if b.state is BuildState.BUILT else None)
+                       log_url=root + log_links(found, b)(None) if b.state is BuildState.BUILT else None)
             for b in builds
         ]
         return jsonify({"items": items, "total": found.count_builds(**filters),
@@ -101,11 +101,11 @@ def register(app: Flask) -> None:
             return _error(f"there is no build {build_id}", 404)
         root = base_url() + "/"
         built = build.state is BuildState.BUILT
+        link = log_links(found, build)
         answer: dict[str, Any] = build_json(
-            build, page_url=_page_url(build.id),
-            log_url=root + log_link(found, build) if built else None)
+            build, page_url=_page_url(build.id), log_url=root + link(None) if built else None)
         answer["operations"] = [
-            operation_json(op, root + log_link(found, build, op.name))
+            operation_json(op, root + link(op.name))
             for op in found.operations(build_id)
         ]
         answer["attempts"] = [attempt_json(a) for a in found.attempts(build_id)]

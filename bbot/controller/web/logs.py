@@ -8,6 +8,7 @@ key; ``/builds/<id>/log[/<op>]`` shows one build whatever came after it.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from urllib.parse import quote
 
 from flask import Flask, Response, request
@@ -22,17 +23,22 @@ EXPIRED = "package build configuration expired"
 LABEL_WIDTH = 19  # values start at column 20, as on brep's pages
 
 
-def log_link(found: Store, build: BuildRow, operation: str | None = None) -> str:
-    """The path (below the app root, no leading '/') of a build's log page.
+def log_links(found: Store, build: BuildRow) -> Callable[[str | None], str]:
+    """Paths (below the app root, no leading '/') of a build's log pages, by operation.
 
     brep's URL names a build by its key, which a later build of the same
-    package version takes over; older builds get their id-based page instead.
+    package version takes over; older builds get their id-based pages instead.
     """
     newest = found.find_by_key(build.key)
-    if newest is not None and newest.id == build.id:
-        return log_path(build.key, operation)
-    page = f"builds/{build.id}/log"
-    return f"{page}/{quote(operation, safe='')}" if operation else page
+    by_key = newest is not None and newest.id == build.id
+
+    def link(operation: str | None = None) -> str:
+        if by_key:
+            return log_path(build.key, operation)
+        page = f"builds/{build.id}/log"
+        return f"{page}/{quote(operation, safe='')}" if operation else page
+
+    return link
 
 
 def render_log(build: BuildRow, operations: list[OperationRow], operation: str | None) -> str:

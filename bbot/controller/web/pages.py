@@ -8,7 +8,7 @@ from flask import Flask, Response, abort, render_template, request, url_for
 
 from bbot.controller.lease import BuildState
 from bbot.controller.web.common import BadRequest, build_filters, format_time, int_parameter, store
-from bbot.controller.web.logs import log_link
+from bbot.controller.web.logs import log_links
 from bbot.manifest.status import Status
 
 PAGE_SIZE = 50
@@ -67,11 +67,12 @@ def register(app: Flask) -> None:
         operations = found.operations(build_id)
         root = request.script_root + "/"
         built = row.state is BuildState.BUILT
+        link = log_links(found, row)
         return Response(render_template(
             "build.html",
             build=row,
-            operations=[(op, root + log_link(found, row, op.name)) for op in operations],
-            combined_log=root + log_link(found, row) if built and operations else None,
+            operations=[(op, root + link(op.name)) for op in operations],
+            combined_log=root + link(None) if built and operations else None,
             attempts=found.attempts(build_id),
             previous=found.previous_build(row),
             refresh=None if built else REFRESH_SECONDS,
