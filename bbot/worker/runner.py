@@ -8,6 +8,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from bbot.manifest import sanitize_value
 from bbot.manifest.status import Status
 from bbot.worker.logs import MAX_LOG_BYTES, LogTail, command_line, matches_warning, note_line
 from bbot.worker.operations import (
@@ -104,7 +105,7 @@ class OperationRunner:
     def _write(self, text: str) -> None:
         with self.log_path.open("a", encoding="utf-8") as log:
             log.write(text)
-        self._tail.add(text)
+        self._tail.add(sanitize_value(text))
 
     def _collect(self, start: int, *, scan: bool) -> bool:
         """Feed the output written since ``start`` to the tail; whether a line warned."""
@@ -114,7 +115,9 @@ class OperationRunner:
             # A line longer than a chunk is matched in pieces.
             while chunk := log.readline(_READ_CHUNK):
                 line = chunk.decode("utf-8", "replace")
-                self._tail.add(line)
+                # Made writable before it is measured: a replacement character takes more
+                # bytes than the control character it replaces.
+                self._tail.add(sanitize_value(line))
                 if scan and not warned:
                     warned = matches_warning(line.rstrip("\n"), self._regexes)
         return warned

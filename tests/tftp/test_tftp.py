@@ -438,3 +438,20 @@ def test_stop_is_prompt_and_releases_the_port(root: Path) -> None:
     assert service._thread is None
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", port))  # free again
+
+
+def test_stop_discards_an_upload_in_flight(root: Path) -> None:
+    service = TftpService(root)
+    service.start()
+    service.allow("boot1")
+    client = RawClient(service.port)
+    try:
+        client.send(request(2, "boot1/result.manifest", blksize=512))
+        assert client.receive()[0] == 6
+        client.send(data_packet(1, b"a" * 512))
+        assert client.receive()[:2] == (4, 1)
+        assert any(name.endswith(".part") for name in boot_files(root))
+    finally:
+        service.stop()
+        client.close()
+    assert boot_files(root) == [TASK_MANIFEST]

@@ -372,3 +372,17 @@ def test_worker_as_a_child_process_from_the_environment(farm: Farm, tmp_path: Pa
     )
     assert usage.returncode == 2
     assert "pass --tftp HOST:PORT or set BBOT_TFTP" in usage.stderr
+
+
+def test_terminal_escapes_and_binary_output_make_a_valid_result(tmp_path: Path) -> None:
+    noisy = (
+        "all:\n\t@printf '\\033[31mred\\033[0m\\r\\nnul:\\000: bell:\\007 \\377\\376 done\\n'\n"
+        "install:\n\t@true\n"
+    )
+    repo = make_repo(tmp_path / "repo", {"Makefile": noisy}, sample=False)
+    result = build(task_for(str(repo)), tmp_path / "work")
+    assert result.status is Status.SUCCESS, result.to_text()
+    update = log_of(Result.from_text(result.to_text()), "update")
+    assert "\N{REPLACEMENT CHARACTER}[31mred\N{REPLACEMENT CHARACTER}[0m\nnul:" in update
+    assert "done\n" in update
+    assert "\x1b" not in update and "\x00" not in update and "\r" not in update
