@@ -234,8 +234,9 @@ class _Session:
 class TftpService:
     """The agent's TFTP server, confined to registered boot directories under ``root``.
 
-    ``on_upload(boot_dir, path)`` is called on the server thread after a completed upload has
-    been renamed into place; it should return quickly (signal another thread, no builds).
+    ``on_upload(boot_dir, path)`` is called on the server thread once a completed upload has
+    been renamed into place, before the client is told the upload succeeded; it should
+    return quickly (signal another thread, no builds).
     """
 
     def __init__(
@@ -530,16 +531,18 @@ class TftpService:
             upload.commit()
         except OSError as error:
             raise _Refusal(f"{final_path} could not be saved: {error}", TftpErrors.DiskFull) from None
-        self._send_ack(session, packet.blocknumber)
         log.info("TFTP upload of %d bytes saved to %s", upload.written, final_path)
-        # Linger so that a lost final ACK is sent again when the client repeats its last block.
-        session.final_block = packet.blocknumber
-        session.dally_until = time.time() + self._session_timeout * 2
+        # The hook runs before the final ACK: when the client learns of its success, the
+        # agent already knows of the result.
         if self.on_upload is not None:
             try:
                 self.on_upload(session.boot_dir, final_path)
             except Exception:
                 log.exception("TFTP on_upload hook failed for %s", final_path)
+        self._send_ack(session, packet.blocknumber)
+        # Linger so that a lost final ACK is sent again when the client repeats its last block.
+        session.final_block = packet.blocknumber
+        session.dally_until = time.time() + self._session_timeout * 2
 
     def _dally(self, session: _Session, packet: Any) -> None:
         if isinstance(packet, TftpPacketDAT) and packet.blocknumber == session.final_block:
