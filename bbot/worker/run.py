@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shlex
 import sys
 import traceback
 from dataclasses import dataclass
@@ -95,6 +96,10 @@ def build(task: Task, work_dir: Path, *, max_log_bytes: int = MAX_LOG_BYTES) -> 
         return _result(task, runners)
     for problem in regex_problems:
         configure.note(problem)
+    if assignments:
+        # Say which configuration this is: package authors read these logs.
+        configure.note("environment from the build configuration: "
+                       + " ".join(f"{k}={shlex.quote(v)}" for k, v in assignments.items()))
     try:
         if not fetch_source(task.repository_url, layout.src, configure, env):
             return _result(task, runners)

@@ -72,7 +72,9 @@ def check_sample_farm(farm: Farm, tmp_path: Path) -> None:
         status, ctype, text = get(farm.url + f"libhello/{sha[:12]}/log/x86_64-linux-gnu/{b.configuration}/default/bbot/0.1.0/update")
         assert status == 200 and ctype.startswith("text/plain")
         assert "update: success" in text
-        assert ("-O2" if b.configuration == "gcc-release" else "-O0") in text
+        status, _, combined = get(farm.url + f"libhello/{sha[:12]}/log/x86_64-linux-gnu/{b.configuration}/default/bbot/0.1.0")
+        assert status == 200
+        assert ("-O2" if b.configuration == "gcc-release" else "-O0") in combined
     # The JSON API and the pages.
     status, _, body = get(farm.url + f"api/builds?package=libhello")
     assert status == 200
