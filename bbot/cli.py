@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -85,10 +86,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
             answer = json.load(response)
     except urllib.error.HTTPError as e:
         detail = e.read().decode("utf-8", "replace")
-        try:
+        with contextlib.suppress(ValueError, KeyError, TypeError):
             detail = json.loads(detail)["error"]
-        except (ValueError, KeyError, TypeError):
-            pass
         print(f"bbot submit: {url}: {e.code}: {detail}", file=sys.stderr)
         return 1
     except urllib.error.URLError as e:

@@ -2,9 +2,9 @@
 
 Each task runs in a machine booted for it alone from a throw-away snapshot::
 
-    snapshot ──boot──▶ booting ──started──▶ running ──result──▶ result ──shutdown──▶ shutdown ──discard──▶ discarded
-                          │                    │                                      ▲
-                          └──failed────────────┴──failed (timeout, crash, no result)──┘
+    snapshot ─boot─▶ booting ─started─▶ running ─result─▶ result ─shutdown─▶ shutdown ─discard─▶ discarded
+                        │                  │                                 ▲
+                        └─failed───────────┴─failed (timeout, crash, none)───┘
 
 Whatever happens, a boot ends ``discarded``: the agent always shuts the
 machine down and throws the snapshot away. The allowed moves are all in

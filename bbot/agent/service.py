@@ -30,7 +30,15 @@ from bbot.agent.machines.base import BootSpec, MachineBackend
 from bbot.agent.machines.process import ProcessMachine
 from bbot.bus import names
 from bbot.config import AgentConfig, MachineConfig
-from bbot.manifest import ManifestError, MachineHeader, OperationResult, Result, ResultRequest, Task, TaskRequest
+from bbot.manifest import (
+    MachineHeader,
+    ManifestError,
+    OperationResult,
+    Result,
+    ResultRequest,
+    Task,
+    TaskRequest,
+)
 from bbot.manifest.status import Status
 from bbot.tftp import RESULT_MANIFEST, TASK_MANIFEST, TftpService
 

@@ -29,7 +29,8 @@ def connect(url: str) -> Connection:
     """A connection for ``url`` (``;`` separates failover alternatives)."""
     if url.startswith("memory://"):
         # In one process: poll often, the queues are plain Python objects.
-        return Connection(url, transport_options={"polling_interval": 0.01})
+        # (An explicit host silences kombu's "no hostname" warning; memory ignores it.)
+        return Connection("memory://localhost/", transport_options={"polling_interval": 0.01})
     return Connection(
         url,
         heartbeat=30,

@@ -36,7 +36,15 @@ from bbot.controller.notify import Notifier, notify_build
 from bbot.controller.notify.maildir import MaildirNotifier
 from bbot.controller.notify.smtp import SmtpNotifier
 from bbot.controller.registry import Registry
-from bbot.controller.sources.git import Commit, GitError, GitMirror, GitPoller, package_name, package_version, split_url
+from bbot.controller.sources.git import (
+    Commit,
+    GitError,
+    GitMirror,
+    GitPoller,
+    package_name,
+    package_version,
+    split_url,
+)
 from bbot.controller.store import BuildRow, NewBuild, NewBuildSet, ResultOutcome, Store
 from bbot.manifest import ManifestError, ResultRequest, Task, TaskRequest
 from bbot.manifest.status import Status

@@ -10,9 +10,9 @@ import pytest
 from kombu import Connection
 
 from bbot import bus
-from bbot.agent.service import Agent
 from bbot.agent.lifecycle import BootLife, MachineState
 from bbot.agent.machines.process import ProcessMachine
+from bbot.agent.service import Agent
 from bbot.bus import names
 from bbot.config import AgentConfig, MachineConfig
 from bbot.manifest import ResultRequest, Task

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bbot.config import AgentConfig, ControllerConfig, MachineConfig, WebConfig, load_config
+from bbot.config import AgentConfig, MachineConfig, WebConfig, load_config
 from bbot.controller.lease import BuildState
 from bbot.farm import Farm, start_farm
 from bbot.manifest.status import Status
@@ -76,7 +76,7 @@ def check_sample_farm(farm: Farm, tmp_path: Path) -> None:
         assert status == 200
         assert ("-O2" if b.configuration == "gcc-release" else "-O0") in combined
     # The JSON API and the pages.
-    status, _, body = get(farm.url + f"api/builds?package=libhello")
+    status, _, body = get(farm.url + "api/builds?package=libhello")
     assert status == 200
     assert {item["status"] for item in json.loads(body)["items"]} == {"success"}
     # The submitter got one mail per build, naming the build and linking to its logs.

@@ -8,6 +8,7 @@ build started.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -93,10 +94,8 @@ class ProcessMachine(MachineBackend):
 
     @staticmethod
     def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
 
     def discard(self, spec: BootSpec) -> None:
         shutil.rmtree(spec.work_dir, ignore_errors=True)
