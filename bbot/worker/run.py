@@ -189,7 +189,6 @@ def run_worker(tftp_host: str, tftp_port: int, boot_dir: str, work_dir: Path) ->
         data = download(tftp_host, tftp_port, f"{boot_dir}/{TASK_MANIFEST}")
     except TftpError as error:
         log.error("cannot get the task: %s", error)
-        print(f"bbot worker: cannot get the task: {error}", file=sys.stderr)
         return EXIT_NO_TASK
     try:
         # Fields a newer agent may add are no reason to fail a build.
@@ -205,6 +204,5 @@ def run_worker(tftp_host: str, tftp_port: int, boot_dir: str, work_dir: Path) ->
         upload(tftp_host, tftp_port, f"{boot_dir}/{RESULT_MANIFEST}", result.to_text().encode())
     except TftpError as error:
         log.error("cannot upload the result: %s", error)
-        print(f"bbot worker: cannot upload the result: {error}", file=sys.stderr)
         return EXIT_NO_UPLOAD
     return EXIT_OK
