@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from kombu import Consumer
-from kombu.mixins import ConsumerMixin
 
 from bbot import bus
 from bbot.agent.lifecycle import BootLife, MachineEvent, MachineState
@@ -332,7 +331,7 @@ class Agent:
             log.exception("agent %s: could not publish the result of %s", self.config.name, request.session)
 
 
-class _TaskConsumer(ConsumerMixin):  # type: ignore[misc]
+class _TaskConsumer(bus.ConsumerLoop):
     """Consumes the task queue of each machine name the agent has, while a machine is free.
 
     kombu's ConsumerMixin reconnects (with failover) by itself; ``on_iteration``
@@ -341,8 +340,8 @@ class _TaskConsumer(ConsumerMixin):  # type: ignore[misc]
     """
 
     def __init__(self, agent: Agent) -> None:
+        super().__init__(agent.broker_url)
         self.agent = agent
-        self.connection = bus.connect(agent.broker_url)
         self._consumers: dict[str, Any] = {}
         self._active: dict[str, bool] = {}
 
@@ -368,14 +367,3 @@ class _TaskConsumer(ConsumerMixin):  # type: ignore[misc]
             elif not free and self._active[name]:
                 consumer.cancel()
                 self._active[name] = False
-
-    def run(self, _tokens: int = 1, **kwargs: Any) -> None:
-        try:
-            super().run(_tokens, **kwargs)
-        finally:
-            self.connection.release()
-
-    def consume(self, *args: Any, **kwargs: Any) -> Any:
-        # A short safety interval keeps the pause/resume of queues responsive.
-        kwargs.setdefault("safety_interval", 0.1)
-        return super().consume(*args, **kwargs)

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kombu import Connection, Exchange, Producer, Queue
+from kombu.mixins import ConsumerMixin
 
 from bbot.bus import names
 
@@ -126,3 +127,27 @@ class Publisher:
         with self._lock:
             self._producer = None
             self._connection.release()
+
+
+class ConsumerLoop(ConsumerMixin):  # type: ignore[misc]
+    """kombu's ConsumerMixin on its own connection: it reconnects (with failover) by itself.
+
+    Subclasses give ``get_consumers``; ``run()`` blocks until ``should_stop`` is set,
+    then releases the connection.
+    """
+
+    # How often the loop wakes to check ``should_stop`` and run ``on_iteration``.
+    SAFETY_INTERVAL = 0.1
+
+    def __init__(self, url: str) -> None:
+        self.connection = connect(url)
+
+    def run(self, _tokens: int = 1, **kwargs: Any) -> None:
+        try:
+            super().run(_tokens, **kwargs)
+        finally:
+            self.connection.release()
+
+    def consume(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("safety_interval", self.SAFETY_INTERVAL)
+        return super().consume(*args, **kwargs)

@@ -26,7 +26,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from kombu import Consumer
-from kombu.mixins import ConsumerMixin
 
 from bbot import bus
 from bbot.bus import names
@@ -314,12 +313,12 @@ class Controller:
         return True
 
 
-class _ControllerConsumer(ConsumerMixin):  # type: ignore[misc]
+class _ControllerConsumer(bus.ConsumerLoop):
     """The results queue and the announcements; kombu's ConsumerMixin reconnects by itself."""
 
     def __init__(self, controller: Controller) -> None:
+        super().__init__(controller.config.broker_url)
         self.controller = controller
-        self.connection = bus.connect(controller.config.broker_url)
 
     def get_consumers(self, consumer_cls: type[Consumer], channel: Any) -> list[Any]:
         c = self.controller
@@ -327,14 +326,4 @@ class _ControllerConsumer(ConsumerMixin):  # type: ignore[misc]
             consumer_cls(queues=[bus.results_queue(c.cc.name)], on_message=c.on_result, prefetch_count=100),
             consumer_cls(queues=[bus.announce_queue(c.cc.name)], on_message=c.on_announcement),
         ]
-
-    def run(self, _tokens: int = 1, **kwargs: Any) -> None:
-        try:
-            super().run(_tokens, **kwargs)
-        finally:
-            self.connection.release()
-
-    def consume(self, *args: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("safety_interval", 0.1)
-        return super().consume(*args, **kwargs)
 
