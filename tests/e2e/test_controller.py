@@ -1,0 +1,137 @@
+"""The controller's own promises: git sources, leases, once-per-session results, email."""
+
+from __future__ import annotations
+
+import mailbox
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from bbot import bus
+from bbot.bus import names
+from bbot.config import AgentConfig, EmailConfig, GitSourceConfig, MachineConfig, WebConfig, load_config
+from bbot.controller.lease import BuildState
+from bbot.farm import start_farm
+from bbot.manifest import MachineHeader, OperationResult, Result, ResultRequest, TaskRequest
+from bbot.manifest.status import Status
+from tests.conftest import git_repo
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def config_for(tmp_path: Path, unique: str, **changes: object):  # type: ignore[no-untyped-def]
+    base = load_config(None, data_dir=tmp_path / "data")
+    config = replace(
+        base,
+        web=WebConfig("127.0.0.1", 0),
+        controller=replace(base.controller, name=f"c-{unique}", schedule_interval=0.05),
+        agent=AgentConfig(name=f"agent-{unique}", heartbeat=0.5,
+                          machines=(MachineConfig(f"p-{unique}", f"linux_{unique}-gcc", "local"),)),
+        configurations=(replace(base.configurations[0], machine=f"linux_{unique}-*"),),
+    )
+    return replace(config, **changes)
+
+
+GOOD = {"Makefile": "all:\n\t@echo built\ncheck:\n\t@echo tested\ninstall:\n\t@true\n"}
+BAD = {"Makefile": "all:\n\t@echo 'error: it broke'; false\n"}
+
+
+def test_git_source_builds_new_commits_and_mails_the_author_who_broke_it(tmp_path: Path, unique: str) -> None:
+    repo = tmp_path / "libwatch"
+    first = git_repo(repo, GOOD, author="Ann Author <ann@example.org>")
+    config = config_for(
+        tmp_path, unique,
+        sources=(GitSourceConfig("libwatch", str(repo), ("main",), 0.2),),
+        email=EmailConfig(sender="bbot@example.org", build_email=("farm@example.org",)),
+    )
+    farm = start_farm(config)
+    store = farm.controller.store
+    try:
+        wait_until(lambda: any(b.state is BuildState.BUILT for b in store.list_builds(package="libwatch")),
+                   60, "the first commit's build")
+        (good,) = store.list_builds(package="libwatch")
+        assert (good.commit, good.status, good.author_email) == (first, Status.SUCCESS, "ann@example.org")
+        second = git_repo(repo, BAD, message="break it", author="Bob Breaker <bob@example.org>")
+        wait_until(lambda: any(b.commit == second and b.state is BuildState.BUILT
+                               for b in store.list_builds(package="libwatch")), 60, "the second commit's build")
+        bad = next(b for b in store.list_builds(package="libwatch") if b.commit == second)
+        assert bad.status is Status.ERROR
+        ops = {o.name: o for o in store.operations(bad.id)}
+        assert "error: it broke" in ops["update"].log
+        box = mailbox.Maildir(config.data_dir / "outbox", create=False)
+        mails = list(box)
+        to_bob = [m for m in mails if "bob@example.org" in (m["To"] or "")]
+        assert len(to_bob) == 1
+        assert to_bob[0]["Subject"].startswith("build error: libwatch/")
+        assert f"{farm.url}libwatch/{second[:12]}/log/" in to_bob[0].get_payload()
+        # Ann's commit succeeded first: she is never mailed; the farm address hears of both changes.
+        assert not [m for m in mails if "ann@example.org" in (m["To"] or "")]
+        assert len([m for m in mails if "farm@example.org" in (m["To"] or "")]) == 2
+    finally:
+        farm.stop()
+
+
+def announce(url: str, agent: str, machine: str) -> None:
+    publisher = bus.Publisher(url)
+    request = TaskRequest(agent=agent, toolchain_name="bbot", toolchain_version="0",
+                          machines=[MachineHeader(id=f"id-{agent}", name=machine, summary="never answers")])
+    publisher.publish(request.to_text(), exchange=bus.announce_exchange(), routing_key="", persistent=False)
+    publisher.close()
+
+
+def test_expired_leases_are_reissued_then_given_up(tmp_path: Path, unique: str) -> None:
+    # An agent that announces a machine, takes nothing and never answers.
+    config = config_for(tmp_path, unique)
+    config = replace(config, controller=replace(config.controller, lease_timeout=0.5, max_attempts=3),
+                     agent=replace(config.agent, heartbeat=60))
+    git_repo(tmp_path / "p", GOOD)
+    farm = start_farm(config, with_agent=False)
+    try:
+        announce(config.broker_url, f"silent-{unique}", f"linux_{unique}-gcc")
+        wait_until(lambda: farm.controller.registry.live_agents() != [], 10, "the announcement")
+        set_id = farm.controller.submit(str(tmp_path / "p"))
+        assert farm.controller.wait_for_sets([set_id], timeout=30)
+        (build,) = farm.controller.store.set_builds(set_id)
+        assert build.status is Status.ABNORMAL
+        assert build.reason is not None and "gave up after 3 attempt(s)" in build.reason
+        attempts = farm.controller.store.attempts(build.id)
+        assert [a.number for a in attempts] == [1, 2, 3]
+        assert len({a.session for a in attempts}) == 3  # a fresh session per attempt
+    finally:
+        farm.stop()
+
+
+def test_a_result_is_accepted_once_per_session(tmp_path: Path, unique: str) -> None:
+    config = config_for(tmp_path, unique)
+    git_repo(tmp_path / "p", GOOD)
+    farm = start_farm(config)
+    store = farm.controller.store
+    try:
+        set_id = farm.controller.submit(str(tmp_path / "p"))
+        assert farm.controller.wait_for_sets([set_id], timeout=60)
+        (build,) = store.set_builds(set_id)
+        assert build.status is Status.SUCCESS and build.session is not None
+        # The same session again, claiming an error, and a message that is no manifest at all.
+        forged = ResultRequest(session=build.session, result=Result(
+            build.package_name, build.package_version, Status.ERROR,
+            [OperationResult("update", Status.ERROR, "forged\n")]))
+        publisher = bus.Publisher(config.broker_url)
+        for body in (forged.to_text(), "this is not a manifest"):
+            publisher.publish(body, exchange=bus.results_exchange(),
+                              routing_key=names.results_queue(config.controller.name),
+                              correlation_id=build.session)
+        publisher.close()
+        wait_until(lambda: store.counters().get("results_malformed", 0) == 1, 10, "the malformed result")
+        wait_until(lambda: store.counters().get("results_dropped_duplicate", 0) == 1, 10, "the duplicate")
+        after = store.get_build(build.id)
+        assert after is not None and after.status is Status.SUCCESS
+        assert [o.name for o in store.operations(build.id)] == ["configure", "update", "test", "install"]
+    finally:
+        farm.stop()
