@@ -92,6 +92,25 @@ def results_table(builds: Sequence[BuildRow], base_url: str) -> str:
     return "\n".join(lines)
 
 
+def _report(farm: Farm, set_ids: list[int], stop: threading.Event, timeout: float) -> int:
+    """Wait for the sets' builds, print their table; 0 if all succeeded, 1 if not, 2 if unfinished."""
+    started = time.monotonic()
+    done = False
+    while not stop.is_set() and time.monotonic() - started < timeout:
+        if farm.controller.wait_for_sets(set_ids, timeout=0.5):
+            done = True
+            break
+    builds = [b for s in set_ids for b in farm.controller.store.set_builds(s)]
+    print(results_table(builds, farm.url), flush=True)
+    if not done:
+        print(f"bbot: not every build finished within {timeout:g} s", flush=True)
+        return 2
+    failed = [b for b in builds if b.status is None or b.status.value != "success"]
+    print(f"bbot: {len(builds) - len(failed)} of {len(builds)} build(s) succeeded "
+          f"in {time.monotonic() - started:.1f} s", flush=True)
+    return 0 if not failed else 1
+
+
 def run_up(config: Config, *, submit: Sequence[str] = (), once: bool = False, timeout: float = 3600.0,
            port: int | None = None) -> int:
     """The ``bbot up`` command; returns the process exit status."""
@@ -109,27 +128,14 @@ def run_up(config: Config, *, submit: Sequence[str] = (), once: bool = False, ti
             set_id = farm.controller.submit(url)
             set_ids.append(set_id)
             print(f"bbot: submitted {url} as build set {set_id}", flush=True)
-        if not once:
-            print("bbot: serving; Ctrl-C stops", flush=True)
-            stop.wait()
-            return 0
-        started = time.monotonic()
-        if not set_ids:
+        if once and not set_ids:
             set_ids = sorted({b.set_id for b in farm.controller.store.list_builds(limit=10_000)})
-        done = False
-        while not stop.is_set() and time.monotonic() - started < timeout:
-            if farm.controller.wait_for_sets(set_ids, timeout=0.5):
-                done = True
-                break
-        builds = [b for s in set_ids for b in farm.controller.store.set_builds(s)]
-        print(results_table(builds, farm.url), flush=True)
-        if not done:
-            print(f"bbot: not every build finished within {timeout:g} s", flush=True)
-            return 2
-        failed = [b for b in builds if b.status is None or b.status.value != "success"]
-        print(f"bbot: {len(builds) - len(failed)} of {len(builds)} build(s) succeeded "
-              f"in {time.monotonic() - started:.1f} s", flush=True)
-        return 0 if not failed else 1
+        code = _report(farm, set_ids, stop, timeout) if set_ids else 0
+        if once or stop.is_set():
+            return code
+        print(f"bbot: serving the pages at {farm.url}builds; Ctrl-C stops", flush=True)
+        stop.wait()
+        return 0
     finally:
         farm.stop()
         for s, handler in previous.items():
