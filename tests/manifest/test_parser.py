@@ -75,8 +75,11 @@ VECTORS: list[tuple[str | bytes, Sequence]] = [
     ),
     (
         ":1\na:x\n:\nb:y\n:\nc:z\n",
-        [("", "1"), ("a", "x"), ("", ""), ("", "1"), ("b", "y"), ("", "")]
-        + [("", "1"), ("c", "z"), ("", ""), ("", "")],
+        [
+            *[("", "1"), ("a", "x"), ("", "")],
+            *[("", "1"), ("b", "y"), ("", "")],
+            *[("", "1"), ("c", "z"), ("", ""), ("", "")],
+        ],
     ),
     # Names.
     (":1\nabc:", one(("abc", ""))),
@@ -362,16 +365,7 @@ def test_example_c_several_manifests() -> None:
 
 
 def test_example_d_literal_newline_kept_blanks_and_no_task() -> None:
-    text = (
-        ": 1\n"
-        "message: first line\\\n"
-        "\\\n"
-        "second line\n"
-        "title:\n"
-        "\\\n"
-        "  indented, with trailing space \n"
-        "\\\n"
-    )
+    text = ": 1\nmessage: first line\\\n\\\nsecond line\ntitle:\n\\\n  indented, with trailing space \n\\\n"
     assert parse_manifest(text).items() == [
         ("message", "first line\nsecond line"),
         ("title", "  indented, with trailing space "),
@@ -450,9 +444,7 @@ def test_split_comment_multiline_flag() -> None:
 
 
 def test_split_comment_on_corpus_values() -> None:
-    manifests = parse_stream(
-        ": 1\nbuild-exclude: **; Only supported on Windows.\nrequires: ; X11 libs.\n"
-    )
+    manifests = parse_stream(": 1\nbuild-exclude: **; Only supported on Windows.\nrequires: ; X11 libs.\n")
     build_exclude, requires = (value for _, value in manifests[0].items())
     assert split_comment(build_exclude) == ("**", "Only supported on Windows.")
     assert split_comment(requires) == ("", "X11 libs.")
