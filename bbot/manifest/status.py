@@ -26,26 +26,19 @@ class Status(str, enum.Enum):
         return _RANKS[self]
 
     # str already defines the comparison operators (alphabetical), so all four
-    # are overridden here; functools.total_ordering would keep str's.
+    # are overridden here; functools.total_ordering would keep str's. Being a str
+    # subclass, these also win when the plain str is on the left.
     def __lt__(self, other: object) -> bool:
-        if not isinstance(other, Status):
-            return NotImplemented
-        return self.rank < other.rank
+        return self.rank < _comparable(other).rank
 
     def __le__(self, other: object) -> bool:
-        if not isinstance(other, Status):
-            return NotImplemented
-        return self.rank <= other.rank
+        return self.rank <= _comparable(other).rank
 
     def __gt__(self, other: object) -> bool:
-        if not isinstance(other, Status):
-            return NotImplemented
-        return self.rank > other.rank
+        return self.rank > _comparable(other).rank
 
     def __ge__(self, other: object) -> bool:
-        if not isinstance(other, Status):
-            return NotImplemented
-        return self.rank >= other.rank
+        return self.rank >= _comparable(other).rank
 
     def __str__(self) -> str:
         return self.value
@@ -63,6 +56,17 @@ class Status(str, enum.Enum):
     def worst(cls, statuses: Iterable[Status]) -> Status:
         """The highest status of `statuses`; SUCCESS when there are none."""
         return worst(statuses)
+
+
+def _comparable(other: object) -> Status:
+    # A plain str would otherwise compare alphabetically (Status is a str), silently
+    # putting "abort" below "error".
+    if not isinstance(other, Status):
+        raise TypeError(
+            f"cannot order Status against {type(other).__name__} {other!r}; "
+            "convert it with Status.parse() first"
+        )
+    return other
 
 
 _RANKS: dict[Status, int] = {status: index for index, status in enumerate(Status)}

@@ -66,9 +66,7 @@ def test_corpus_features_are_read_as_the_protocol_says() -> None:
     assert user_agent.startswith("bdep/0.8.0-a.0.20180815130917 (GNU/Linux; +https://build2.org)")
     assert " libbpkg/" in user_agent and "\\" not in user_agent
     upload = parse_stream(
-        (
-            CORPUS / "brep/tests/upload/545f1f78-63ea-4acf-bcb8-37b2513a78c8/request.manifest"
-        ).read_bytes()
+        (CORPUS / "brep/tests/upload/545f1f78-63ea-4acf-bcb8-37b2513a78c8/request.manifest").read_bytes()
     )
     assert upload[0].get("session") == (
         "4d4c8b36-56c5-42e0-91d1-58bfd1228002/libhello/1.1.0+10/x86_64-linux-gnu/"

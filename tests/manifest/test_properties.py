@@ -27,7 +27,7 @@ def writable(char: str) -> bool:
 
 
 # Characters that matter to the format, plus ordinary and non-ASCII ones.
-SPECIAL = list(" \t\n\\:#;") + ["\\\\", "\\\n", "\n\\\n", "\n\\", ": 1", "\u00e9", "\u4e2d"]
+SPECIAL = [*" \t\n\\:#;", "\\\\", "\\\n", "\n\\\n", "\n\\", ": 1", "\u00e9", "\u4e2d"]
 value_chars = st.one_of(
     st.sampled_from(SPECIAL),
     st.sampled_from(string.ascii_letters + string.digits),
@@ -46,9 +46,7 @@ name_chars = st.characters(min_codepoint=0x21, max_codepoint=0x2FFFF).filter(
 names = st.text(name_chars, min_size=1, max_size=45).filter(lambda name: name[0] != "#")
 pairs = st.lists(st.tuples(names, st.one_of(values, long_values)), max_size=6)
 # An empty manifest may not end a stream of several (it would need a trailing `:`).
-streams = st.lists(pairs, max_size=4).filter(
-    lambda manifests: len(manifests) < 2 or bool(manifests[-1])
-)
+streams = st.lists(pairs, max_size=4).filter(lambda manifests: len(manifests) < 2 or bool(manifests[-1]))
 
 
 @EXAMPLES
@@ -96,9 +94,9 @@ def test_parser_on_format_characters(text: str) -> None:
     assert [manifest.items() for manifest in parse_stream(serialize_stream(items))] == items
 
 
-single_line = st.text(
-    st.sampled_from(list("ab ;\\\t")), max_size=30
-).filter(lambda value: value == value.rstrip(" \t"))
+single_line = st.text(st.sampled_from(list("ab ;\\\t")), max_size=30).filter(
+    lambda value: value == value.rstrip(" \t")
+)
 
 
 @EXAMPLES

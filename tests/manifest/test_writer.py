@@ -19,31 +19,16 @@ from bbot.manifest import (
 SOLID = "x" * 74 + "Y" + "y" * 76 + "Z" + "z" * 77
 SOLID_WRAPPED = "x" * 74 + "\\\n" + "Y" + "y" * 76 + "\\\n" + "Z" + "z" * 77
 
-EARLY_SPACE = (
-    "x " + "x" * 72 + "Y" + "y" * 16 + " " + "y" * 59 + "Z" + "z" * 34 + " z" + "z" * 40
-)
+EARLY_SPACE = "x " + "x" * 72 + "Y" + "y" * 16 + " " + "y" * 59 + "Z" + "z" * 34 + " z" + "z" * 40
 EARLY_SPACE_WRAPPED = (
-    "x "
-    + "x" * 72
-    + "\\\n"
-    + "Y"
-    + "y" * 16
-    + " "
-    + "y" * 59
-    + "\\\n"
-    + "Z"
-    + "z" * 34
-    + " z"
-    + "z" * 40
+    "x " + "x" * 72 + "\\\n" + "Y" + "y" * 16 + " " + "y" * 59 + "\\\n" + "Z" + "z" * 34 + " z" + "z" * 40
 )
 
 SOFT = "x" * 57 + " Y" + "y" * 65 + " Z" + "z" * 75
 SOFT_WRAPPED = "x" * 57 + "\\\n Y" + "y" * 65 + "\\\n Z" + "z" * 75
 
 BETTER_SPACE = "x" * 47 + " " + "x" * 9 + " Y" + "y" * 54 + " " + "y" * 10 + " Z" + "z" * 75
-BETTER_SPACE_WRAPPED = (
-    "x" * 47 + " " + "x" * 9 + "\\\n Y" + "y" * 54 + " " + "y" * 10 + "\\\n Z" + "z" * 75
-)
+BETTER_SPACE_WRAPPED = "x" * 47 + " " + "x" * 9 + "\\\n Y" + "y" * 54 + " " + "y" * 10 + "\\\n Z" + "z" * 75
 
 # No break right after a backslash: the break is delayed by one character.
 AFTER_BACKSLASH = "x" * 73 + "\\" + "Y" + "y" * 36
@@ -138,9 +123,7 @@ def test_long_name_forces_multiline() -> None:
 def test_stream_structure() -> None:
     assert serialize_stream([]) == ""
     assert serialize_stream([[]]) == ": 1\n"
-    assert serialize_stream([[("a", "x")], [("b", "y")], [("c", "z")]]) == (
-        ": 1\na: x\n:\nb: y\n:\nc: z\n"
-    )
+    assert serialize_stream([[("a", "x")], [("b", "y")], [("c", "z")]]) == (": 1\na: x\n:\nb: y\n:\nc: z\n")
     assert serialize_stream([[], [("b", "y")]]) == ": 1\n:\nb: y\n"
     assert serialize_manifest([("a", "x"), ("b", "y")]) == ": 1\na: x\nb: y\n"
     # Parsed manifests can be written back directly.
