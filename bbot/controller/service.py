@@ -55,6 +55,10 @@ log = logging.getLogger(__name__)
 _SUBMIT_URL_RE = re.compile(r"^(https?|git|ssh|file)://[^\s]+$|^/[^\s]*$")
 
 
+# Tasks out per live machine: one building, one waiting in the queue for the moment it frees.
+OUTSTANDING_PER_MACHINE = 2
+
+
 class SubmitError(ValueError):
     """A submission that cannot be built: the message says what to fix."""
 
@@ -193,6 +197,10 @@ class Controller:
         now = time.time()
         for build in self.store.expired_leases(now):
             self._end_lease(build, f"no result within the lease of {self.cc.lease_timeout:g} s")
+        # Keep only a little more out than the live machines can take: a task that waits
+        # long in a broker queue would outlive its lease and be built twice.
+        machines = sum(len(a.machines) for a in self.registry.live_agents())
+        room = OUTSTANDING_PER_MACHINE * machines - self.store.count_builds(state=BuildState.LEASED)
         issued = 0
         for build in self.store.queued_builds(limit=1000):
             machine = self.registry.machine_for(build.machine_pattern)
@@ -201,6 +209,8 @@ class Controller:
                 if build.reason != reason:
                     self.store.set_reason(build.id, reason)
                 continue
+            if issued >= room:
+                break
             self._issue(build, machine.name, now)
             issued += 1
         return issued

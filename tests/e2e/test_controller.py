@@ -135,3 +135,23 @@ def test_a_result_is_accepted_once_per_session(tmp_path: Path, unique: str) -> N
         assert [o.name for o in store.operations(build.id)] == ["configure", "update", "test", "install"]
     finally:
         farm.stop()
+
+
+def test_only_a_few_tasks_wait_per_machine(tmp_path: Path, unique: str) -> None:
+    # One machine, six builds: never more than two tasks out at once (one building, one queued).
+    config = config_for(tmp_path, unique)
+    git_repo(tmp_path / "p", {"Makefile": "all:\n\t@sleep 0.3\ncheck:\n\t@true\ninstall:\n\t@true\n"})
+    farm = start_farm(config)
+    store = farm.controller.store
+    try:
+        set_ids = [farm.controller.submit(str(tmp_path / "p")) for _ in range(6)]
+        most = 0
+        deadline = time.monotonic() + 120
+        while store.unfinished_count(set_ids) and time.monotonic() < deadline:
+            most = max(most, store.count_builds(state=BuildState.LEASED))
+            time.sleep(0.02)
+        assert store.unfinished_count(set_ids) == 0
+        assert most == 2
+        assert all(b.attempt == 1 for s in set_ids for b in store.set_builds(s))
+    finally:
+        farm.stop()
