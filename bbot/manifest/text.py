@@ -641,21 +641,28 @@ def _wrap(chunk: str, column: int, long_lines: bool, out: list[str]) -> None:
     if long_lines or column + len(chunk.encode("utf-8")) <= 77:
         out.append(chunk)
     else:
-        previous = ""
         start = 0
-        for index, char in enumerate(chunk):
+        index = 0
+        while index < length:
+            if column < 58:
+                # No break can fall before column 58 (a blank needs column > 57, a
+                # hard break column 77), so jump there.
+                step = min(58 - column, length - index)
+                index += step
+                column += step
+                continue
+            char = chunk[index]
             # Never break right after a backslash: the break's own `\` would pair with it.
-            if previous != "\\":
+            if index == 0 or chunk[index - 1] != "\\":
                 wrap = False
                 if char in " \t":
                     # Break at this blank if the next blank (or the end) is past the
-                    # wrap point and this one is near enough to it. The distance is in
+                    # wrap point (this one is near enough to it). The distance is in
                     # bytes, as libbutl measures it.
                     following = _NEXT_BLANK.search(chunk, index + 1)
                     next_blank = following.start() if following is not None else length
                     distance = len(chunk[index:next_blank].encode("utf-8"))
-                    if column + distance > (77 if next_blank != length else 78):
-                        wrap = column > 57
+                    wrap = column + distance > (77 if next_blank != length else 78)
                 # Hard break; the very last (single-byte) character may take column 78.
                 last = index + 1 == length and ord(char) < 0x80
                 if column >= (78 if last else 77):
@@ -666,7 +673,7 @@ def _wrap(chunk: str, column: int, long_lines: bool, out: list[str]) -> None:
                     start = index
                     column = 0
             column += 1
-            previous = char
+            index += 1
         out.append(chunk[start:])
     if chunk.endswith("\\"):
         out.append("\\")

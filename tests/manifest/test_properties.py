@@ -11,6 +11,10 @@ from hypothesis import strategies as st
 
 from bbot.manifest import (
     ManifestError,
+    OperationResult,
+    Result,
+    Status,
+    Task,
     merge_comment,
     parse_stream,
     sanitize_value,
@@ -19,7 +23,8 @@ from bbot.manifest import (
 )
 from bbot.manifest.text import codepoint_type
 
-EXAMPLES = settings(max_examples=150, deadline=None)
+EXAMPLES = settings(max_examples=100, deadline=None)
+TYPED_EXAMPLES = settings(max_examples=40, deadline=None)
 
 
 def writable(char: str) -> bool:
@@ -104,3 +109,67 @@ single_line = st.text(st.sampled_from(list("ab ;\\\t")), max_size=30).filter(
 def test_merge_then_split_comment(value: str, comment: str) -> None:
     comment = comment.strip(" \t")
     assert split_comment(merge_comment(value, comment)) == (value, comment)
+
+
+texts = st.one_of(values, long_values)
+nonempty_texts = texts.filter(bool)
+operations = st.text(st.sampled_from(list(string.ascii_lowercase + "-_")), min_size=1, max_size=12).filter(
+    lambda name: not name.startswith("#")
+)
+statuses = st.sampled_from(list(Status))
+
+
+@TYPED_EXAMPLES
+@given(
+    nonempty_texts,
+    nonempty_texts,
+    statuses,
+    st.dictionaries(operations, st.tuples(statuses, texts), max_size=4),
+    st.one_of(st.none(), texts),
+)
+def test_result_round_trip(
+    name: str,
+    version: str,
+    status: Status,
+    operation_results: dict[str, tuple[Status, str]],
+    worker_checksum: str | None,
+) -> None:
+    result = Result(
+        name,
+        version,
+        status,
+        [OperationResult(op, op_status, log) for op, (op_status, log) in operation_results.items()],
+        worker_checksum=worker_checksum,
+    )
+    assert Result.from_text(result.to_text()) == result
+
+
+@TYPED_EXAMPLES
+@given(
+    st.lists(nonempty_texts, min_size=5, max_size=5),
+    st.lists(texts, max_size=3),
+    st.lists(st.tuples(nonempty_texts, st.sampled_from(["", "pgsql", "redis-6"])), max_size=3),
+    st.one_of(st.none(), st.booleans()),
+    st.one_of(st.none(), texts),
+)
+def test_task_round_trip(
+    required: list[str],
+    requires: list[str],
+    auxiliary: list[tuple[str, str]],
+    host: bool | None,
+    environment: str | None,
+) -> None:
+    name, version, repository_url, machine, target = required
+    task = Task(
+        name,
+        version,
+        repository_url,
+        machine,
+        target,
+        requires=requires,
+        auxiliary_machines=[machine for machine, _ in auxiliary],
+        auxiliary_machine_environments=[environment for _, environment in auxiliary],
+        host=host,
+        auxiliary_environment=environment,
+    )
+    assert Task.from_text(task.to_text()) == task
