@@ -21,6 +21,7 @@ __all__ = [
     "ManifestError",
     "Pair",
     "codepoint_type",
+    "iter_stream",
     "merge_comment",
     "parse_manifest",
     "parse_stream",
