@@ -264,6 +264,26 @@ class _Single:
         return cls.from_manifest(parse_manifest(text, stream), stream, ignore_unknown=ignore_unknown)
 
 
+class _Multi:
+    """from_text for messages made of several manifests on the wire (a header, then more)."""
+
+    STREAM: ClassVar[str]
+
+    @classmethod
+    def from_manifests(
+        cls, manifests: Sequence[Manifest], stream: str | None = None, *, ignore_unknown: bool = False
+    ) -> Self:
+        raise NotImplementedError
+
+    @classmethod
+    def from_text(cls, text: str | bytes, stream: str | None = None, *, ignore_unknown: bool = False) -> Self:
+        stream = stream or cls.STREAM
+        manifests = parse_stream(text, stream)
+        if not manifests:
+            parse_manifest(text, stream)  # raises "start of manifest expected" in place
+        return cls.from_manifests(manifests, stream, ignore_unknown=ignore_unknown)
+
+
 @dataclass
 class MachineHeader(_Single):
     """A build machine as an agent offers it to brep (one per machine in a task request)."""
@@ -381,7 +401,7 @@ _REQUEST_SPECS: dict[str, _Spec] = {
 
 
 @dataclass
-class TaskRequest:
+class TaskRequest(_Multi):
     """What an agent POSTs to `?build-task`."""
 
     STREAM: ClassVar[str] = F.STREAM_TASK_REQUEST
@@ -450,14 +470,6 @@ class TaskRequest:
         ]
         result: Self = _construct(reader, cls, values)
         return result
-
-    @classmethod
-    def from_text(cls, text: str | bytes, stream: str | None = None, *, ignore_unknown: bool = False) -> Self:
-        stream = stream or cls.STREAM
-        manifests = parse_stream(text, stream)
-        if not manifests:
-            parse_manifest(text, stream)  # raises "start of manifest expected" in place
-        return cls.from_manifests(manifests, stream, ignore_unknown=ignore_unknown)
 
 
 # --------------------------------------------------------------------------------------
@@ -630,7 +642,7 @@ _RESPONSE_SPECS: dict[str, _Spec] = {
 
 
 @dataclass
-class TaskResponse:
+class TaskResponse(_Multi):
     """brep's answer to `?build-task`: an empty session means no task."""
 
     STREAM: ClassVar[str] = F.STREAM_TASK_RESPONSE
@@ -737,14 +749,6 @@ class TaskResponse:
                 raise ManifestError(stream, line, column, "task manifest not expected with an empty session")
         result: Self = _construct(reader, cls, values)
         return result
-
-    @classmethod
-    def from_text(cls, text: str | bytes, stream: str | None = None, *, ignore_unknown: bool = False) -> Self:
-        stream = stream or cls.STREAM
-        manifests = parse_stream(text, stream)
-        if not manifests:
-            parse_manifest(text, stream)  # raises "start of manifest expected" in place
-        return cls.from_manifests(manifests, stream, ignore_unknown=ignore_unknown)
 
 
 # --------------------------------------------------------------------------------------
@@ -871,7 +875,7 @@ _RESULT_REQUEST_SPECS: dict[str, _Spec] = {
 
 
 @dataclass
-class ResultRequest:
+class ResultRequest(_Multi):
     """What an agent POSTs to the result URL."""
 
     STREAM: ClassVar[str] = F.STREAM_RESULT_REQUEST
@@ -923,11 +927,3 @@ class ResultRequest:
             raise ManifestError(stream, line, column, "single result manifest expected")
         result: Self = _construct(reader, cls, values)
         return result
-
-    @classmethod
-    def from_text(cls, text: str | bytes, stream: str | None = None, *, ignore_unknown: bool = False) -> Self:
-        stream = stream or cls.STREAM
-        manifests = parse_stream(text, stream)
-        if not manifests:
-            parse_manifest(text, stream)  # raises "start of manifest expected" in place
-        return cls.from_manifests(manifests, stream, ignore_unknown=ignore_unknown)
