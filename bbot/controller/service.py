@@ -95,6 +95,12 @@ class Controller:
 
     def start(self) -> None:
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.config.broker_url.startswith("memory://"):
+            # The in-memory broker died with the last process, and every task out with it:
+            # issue them again now rather than when their leases run out.
+            for build in self.store.expired_leases(float("inf")):
+                assert build.session is not None
+                self.store.expire(build.id, build.session, "the in-memory broker did not survive a restart")
         self._publisher = bus.Publisher(self.config.broker_url)
         self._consumer = _ControllerConsumer(self)
         for target, name in ((self._consumer.run, "controller-consumer"),

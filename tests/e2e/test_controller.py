@@ -155,3 +155,28 @@ def test_only_a_few_tasks_wait_per_machine(tmp_path: Path, unique: str) -> None:
         assert all(b.attempt == 1 for s in set_ids for b in store.set_builds(s))
     finally:
         farm.stop()
+
+
+def test_embedded_restart_reissues_the_tasks_that_were_out(tmp_path: Path, unique: str) -> None:
+    config = config_for(tmp_path, unique)
+    config = replace(config, agent=replace(config.agent, heartbeat=60))
+    git_repo(tmp_path / "p", GOOD)
+    first = start_farm(config, with_agent=False)
+    try:
+        announce(config.broker_url, f"silent-{unique}", f"linux_{unique}-gcc")
+        wait_until(lambda: first.controller.registry.live_agents() != [], 10, "the announcement")
+        set_id = first.controller.submit(str(tmp_path / "p"))
+        wait_until(lambda: first.controller.store.count_builds(state=BuildState.LEASED) == 1, 10, "the lease")
+    finally:
+        first.stop()
+    # The process "dies" with the task out; a new farm on the same data directory builds it.
+    second = start_farm(config)
+    try:
+        assert second.controller.wait_for_sets([set_id], timeout=60)
+        (build,) = second.controller.store.set_builds(set_id)
+        assert build.status is Status.SUCCESS
+        attempts = second.controller.store.attempts(build.id)
+        assert [a.outcome for a in attempts] == ["expired", "result"]
+        assert attempts[0].detail == "the in-memory broker did not survive a restart"
+    finally:
+        second.stop()
