@@ -269,6 +269,13 @@ class _Multi:
 
     STREAM: ClassVar[str]
 
+    def header_pairs(self) -> list[tuple[str, str]]:
+        raise NotImplementedError
+
+    def to_pairs(self) -> list[tuple[str, str]]:
+        """The header manifest's pairs (what follows it are separate manifests)."""
+        return self.header_pairs()
+
     @classmethod
     def from_manifests(
         cls, manifests: Sequence[Manifest], stream: str | None = None, *, ignore_unknown: bool = False
@@ -442,9 +449,6 @@ class TaskRequest(_Multi):
         _put(pairs, F.REQUEST_AUXILIARY_RAM, self.auxiliary_ram)
         return pairs
 
-    def to_pairs(self) -> list[tuple[str, str]]:
-        """The header manifest's pairs (the machines are separate manifests)."""
-        return self.header_pairs()
 
     def to_text(self) -> str:
         return serialize_stream([self.header_pairs(), *(machine.to_pairs() for machine in self.machines)])
@@ -696,9 +700,6 @@ class TaskResponse(_Multi):
         _put(pairs, F.RESPONSE_AGENT_CHECKSUM, self.agent_checksum)
         return pairs
 
-    def to_pairs(self) -> list[tuple[str, str]]:
-        """The header manifest's pairs (the task is a separate manifest)."""
-        return self.header_pairs()
 
     def to_text(self) -> str:
         manifests = [self.header_pairs()]
@@ -899,9 +900,6 @@ class ResultRequest(_Multi):
         _put(pairs, F.RESULT_REQUEST_AGENT_CHECKSUM, self.agent_checksum)
         return pairs
 
-    def to_pairs(self) -> list[tuple[str, str]]:
-        """The header manifest's pairs (the result is a separate manifest)."""
-        return self.header_pairs()
 
     def to_text(self) -> str:
         return serialize_stream([self.header_pairs(), self.result.to_pairs()])
