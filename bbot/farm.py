@@ -51,18 +51,12 @@ def start_farm(config: Config, *, with_agent: bool = True, port: int | None = No
     config.data_dir.mkdir(parents=True, exist_ok=True)
     controller = Controller(config)
     web_port = config.web.port if port is None else port
-    # The web server is started first so the controller's links carry its real port.
-    holder: dict[str, Controller] = {}
-
-    def submit(url: str, ref: str | None, email: str | None) -> int:
-        return holder["controller"].submit(url, ref, email)
-
-    app = create_app(controller.store, base_url=controller.base_url, submit=submit)
+    # The web server starts before the controller so the controller's links carry its real port.
+    app = create_app(controller.store, base_url=controller.base_url, submit=controller.submit)
     web = serve(app, config.web.host, web_port)
     if config.controller.base_url is None:
         controller.base_url = web.url.rstrip("/") + "/"
         app.config["BBOT_BASE_URL"] = controller.base_url
-    holder["controller"] = controller
     agent = None
     try:
         controller.start()

@@ -17,7 +17,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,13 +68,6 @@ class Slot:
         return MachineHeader(id=self.machine.id, name=self.machine.name, summary=self.machine.summary)
 
 
-@dataclass
-class _Pending:
-    """A boot's wait for its result upload."""
-
-    arrived: threading.Event = field(default_factory=threading.Event)
-
-
 class Agent:
     def __init__(
         self,
@@ -103,7 +96,7 @@ class Agent:
         self.tftp_root = self.work_root / "tftp"
         self.boots_root = self.work_root / "boots"
         self._lock = threading.Lock()
-        self._pending: dict[str, _Pending] = {}
+        self._pending: dict[str, threading.Event] = {}  # boot id -> its result upload arrived
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
         self._on_boot_done = on_boot_done
@@ -135,8 +128,8 @@ class Agent:
         self._stopping.set()
         if self._consumer is not None:
             self._consumer.should_stop = True
-        for pending in list(self._pending.values()):
-            pending.arrived.set()
+        for arrived in list(self._pending.values()):
+            arrived.set()
         for t in self._threads:
             t.join(timeout=60)
         self._threads.clear()
@@ -147,6 +140,8 @@ class Agent:
 
     def _spawn(self, target: Callable[..., Any], name: str, *args: Any) -> None:
         t = threading.Thread(target=target, name=name, args=args, daemon=True)
+        # One thread per boot: forget finished ones, or a long-running agent keeps them all.
+        self._threads = [old for old in self._threads if old.is_alive()]
         self._threads.append(t)
         t.start()
 
@@ -216,9 +211,9 @@ class Agent:
 
     def _on_upload(self, boot_dir: str, path: Path) -> None:
         if path.name == RESULT_MANIFEST:
-            pending = self._pending.get(boot_dir)
-            if pending is not None:
-                pending.arrived.set()
+            arrived = self._pending.get(boot_dir)
+            if arrived is not None:
+                arrived.set()
 
     def _run_boot(self, slot: Slot, task: Task, session: str, reply_to: str) -> None:
         life = slot.boot
@@ -226,7 +221,7 @@ class Agent:
         backend = self.backends[slot.machine.type]
         spec = BootSpec(life.boot_id, self.boots_root / life.boot_id, self.config.tftp_host, self.tftp.port)
         boot_dir = self.tftp_root / life.boot_id
-        pending = self._pending[life.boot_id] = _Pending()
+        arrived = self._pending[life.boot_id] = threading.Event()
         started = time.monotonic()
         result: Result | None = None
         try:
@@ -238,7 +233,7 @@ class Agent:
             life.move(MachineEvent.BOOT)
             backend.boot(spec)
             life.move(MachineEvent.STARTED)
-            result = self._wait_for_result(backend, spec, life, pending, task)
+            result = self._wait_for_result(backend, spec, life, arrived, task)
         except Exception as e:
             log.exception("agent %s: boot %s failed", self.config.name, life.boot_id)
             if life.state in (MachineState.SNAPSHOT, MachineState.BOOTING, MachineState.RUNNING):
@@ -268,12 +263,12 @@ class Agent:
             self._on_boot_done(life)
 
     def _wait_for_result(self, backend: MachineBackend, spec: BootSpec, life: BootLife,
-                         pending: _Pending, task: Task) -> Result | None:
+                         arrived: threading.Event, task: Task) -> Result | None:
         deadline = time.monotonic() + self.config.build_timeout
         result_path = self.tftp_root / spec.boot_id / RESULT_MANIFEST
         exit_seen_at: float | None = None
         while True:
-            if pending.arrived.wait(timeout=0.05) and result_path.exists():
+            if arrived.wait(timeout=0.05) and result_path.exists():
                 try:
                     result = Result.from_text(result_path.read_bytes())
                 except (ManifestError, UnicodeDecodeError) as e:

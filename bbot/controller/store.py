@@ -20,7 +20,7 @@ import time
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -268,20 +268,15 @@ def _decompress(data: bytes) -> str:
     return zlib.decompress(data).decode("utf-8", errors="replace")
 
 
-def _parse_status(value: str | Status, what: str) -> Status:
+_E = TypeVar("_E", Status, BuildState)
+
+
+def _parse_enum(kind: type[_E], value: str | _E, what: str) -> _E:
     try:
-        return Status(value)
+        return kind(value)
     except ValueError:
-        allowed = ", ".join(s.value for s in Status)
+        allowed = ", ".join(s.value for s in kind)
         raise ValueError(f"unknown {what} '{value}': expected one of {allowed}") from None
-
-
-def _parse_state(value: str | BuildState) -> BuildState:
-    try:
-        return BuildState(value)
-    except ValueError:
-        allowed = ", ".join(s.value for s in BuildState)
-        raise ValueError(f"unknown state '{value}': expected one of {allowed}") from None
 
 
 # --------------------------------------------------------------------------- the store
@@ -635,9 +630,9 @@ class Store:
         if configuration:
             where.append(builds.c.configuration == configuration)
         if status:
-            where.append(builds.c.status == _parse_status(status, "status").value)
+            where.append(builds.c.status == _parse_enum(Status, status, "status").value)
         if state:
-            where.append(builds.c.state == _parse_state(state).value)
+            where.append(builds.c.state == _parse_enum(BuildState, state, "state").value)
         if set_id is not None:
             where.append(builds.c.set_id == set_id)
         return where

@@ -10,9 +10,17 @@ from pathlib import Path
 
 from bbot import bus
 from bbot.bus import names
-from bbot.config import AgentConfig, EmailConfig, GitSourceConfig, MachineConfig, WebConfig, load_config
+from bbot.config import (
+    AgentConfig,
+    Config,
+    EmailConfig,
+    GitSourceConfig,
+    MachineConfig,
+    WebConfig,
+    load_config,
+)
 from bbot.controller.lease import BuildState
-from bbot.farm import start_farm
+from bbot.farm import Farm, start_farm
 from bbot.manifest import MachineHeader, OperationResult, Result, ResultRequest, TaskRequest
 from bbot.manifest.status import Status
 from tests.conftest import git_repo
@@ -86,16 +94,26 @@ def announce(url: str, agent: str, machine: str) -> None:
     publisher.close()
 
 
+def farm_with_silent_agent(config: Config, unique: str) -> Farm:
+    """A farm without its own agent, whose only agent announces a machine and never answers."""
+    farm = start_farm(config, with_agent=False)
+    try:
+        announce(config.broker_url, f"silent-{unique}", f"linux_{unique}-gcc")
+        wait_until(lambda: farm.controller.registry.live_agents() != [], 10, "the announcement")
+    except BaseException:
+        farm.stop()
+        raise
+    return farm
+
+
 def test_expired_leases_are_reissued_then_given_up(tmp_path: Path, unique: str) -> None:
     # An agent that announces a machine, takes nothing and never answers.
     config = config_for(tmp_path, unique)
     config = replace(config, controller=replace(config.controller, lease_timeout=0.5, max_attempts=3),
                      agent=replace(config.agent, heartbeat=60))
     git_repo(tmp_path / "p", GOOD)
-    farm = start_farm(config, with_agent=False)
+    farm = farm_with_silent_agent(config, unique)
     try:
-        announce(config.broker_url, f"silent-{unique}", f"linux_{unique}-gcc")
-        wait_until(lambda: farm.controller.registry.live_agents() != [], 10, "the announcement")
         set_id = farm.controller.submit(str(tmp_path / "p"))
         assert farm.controller.wait_for_sets([set_id], timeout=30)
         (build,) = farm.controller.store.set_builds(set_id)
@@ -161,10 +179,8 @@ def test_embedded_restart_reissues_the_tasks_that_were_out(tmp_path: Path, uniqu
     config = config_for(tmp_path, unique)
     config = replace(config, agent=replace(config.agent, heartbeat=60))
     git_repo(tmp_path / "p", GOOD)
-    first = start_farm(config, with_agent=False)
+    first = farm_with_silent_agent(config, unique)
     try:
-        announce(config.broker_url, f"silent-{unique}", f"linux_{unique}-gcc")
-        wait_until(lambda: first.controller.registry.live_agents() != [], 10, "the announcement")
         set_id = first.controller.submit(str(tmp_path / "p"))
         wait_until(lambda: first.controller.store.count_builds(state=BuildState.LEASED) == 1, 10, "the lease")
     finally:
