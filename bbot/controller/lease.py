@@ -2,11 +2,13 @@
 
 A build is *queued* until the controller publishes a task for it; publishing
 takes a *lease* under a fresh session (one session per attempt). The lease
-ends when the session's result arrives (*built*) or when its deadline passes
+ends when the session's result arrives (*built*), when its deadline passes
 (back to *queued*, so the task is issued again, as brep does with its
-``build-result-timeout``). Nothing else moves a build, and every move is
-checked against ``TRANSITIONS`` below, so a newcomer reads the whole life of a
-task here.
+``build-result-timeout``), or when the agent reports an infrastructure
+failure (back to *queued* as well: the agent failed, not the package). Too
+many attempts end the build *built* and abnormal. Nothing else moves a build,
+and every move is checked against ``TRANSITIONS`` below, so a newcomer reads
+the whole life of a task here.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class LeaseEvent(str, enum.Enum):
     RESULT = "result"  # the current session's result was committed
     EXPIRE = "expire"  # the lease deadline passed without a result
     GIVE_UP = "give-up"  # too many attempts: the build ends abnormal
+    FAIL = "fail"  # the agent (not the package) failed: the task is issued again
 
 
 class IllegalTransition(RuntimeError):
@@ -39,6 +42,7 @@ TRANSITIONS: dict[tuple[BuildState, LeaseEvent], BuildState] = {
     (BuildState.QUEUED, LeaseEvent.ISSUE): BuildState.LEASED,
     (BuildState.LEASED, LeaseEvent.RESULT): BuildState.BUILT,
     (BuildState.LEASED, LeaseEvent.EXPIRE): BuildState.QUEUED,
+    (BuildState.LEASED, LeaseEvent.FAIL): BuildState.QUEUED,
     (BuildState.LEASED, LeaseEvent.GIVE_UP): BuildState.BUILT,
     (BuildState.QUEUED, LeaseEvent.GIVE_UP): BuildState.BUILT,
 }

@@ -8,6 +8,12 @@ processes on PostgreSQL) can never both move the same build.
 
 Logs are stored zlib-compressed; everything else is plain columns so the
 pages can filter and count in SQL.
+
+The schema is versioned: ``MIGRATIONS`` lists every step after the first
+schema, and opening a store brings an older database up to ``SCHEMA_VERSION``
+(one transaction per step, under a lock so two processes starting at once do
+not both migrate). The ``*_many``/``record_results`` methods do a whole batch
+in one transaction with a few set-wise queries, for throughput.
 """
 
 from __future__ import annotations
@@ -15,10 +21,12 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
+import logging
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -26,13 +34,14 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, RowMapping
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.schema import CreateColumn
 
 from bbot.controller.lease import BuildState, LeaseEvent, next_state
 from bbot.manifest import Result
 from bbot.manifest.status import Status
 from bbot.wire import BuildKey
 
-SCHEMA_VERSION = 1
+log = logging.getLogger(__name__)
 
 # How long a SQLite writer waits for another writer's lock before failing.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -132,11 +141,12 @@ class AttemptRow:
     session: str
     issued_at: float
     ended_at: float | None
-    outcome: str | None  # "result" | "expired" | "given-up"; None while the lease is out
+    outcome: str | None  # "result" | "expired" | "given-up" | "failed"; None while the lease is out
     agent: str | None
     machine: str | None
     detail: str | None
     metrics: dict[str, float]
+    infrastructure: bool = False  # it ended by an infrastructure failure: the agent, not the package, failed
 
 
 class ResultOutcome(enum.Enum):
@@ -145,6 +155,38 @@ class ResultOutcome(enum.Enum):
     STALE = "stale"  # a session of the build that is no longer current
     UNKNOWN = "unknown"  # no such session
     MISMATCH = "mismatch"  # the result's name/version differ from the build's
+
+
+class FailOutcome(enum.Enum):
+    RETRY = "retry"  # the attempt is recorded as failed and the build is queued again
+    GAVE_UP = "gave-up"  # that was the last allowed attempt: the build ended abnormal
+    STALE = "stale"  # not the build's current lease, or no such session: nothing changed
+
+
+@dataclass(frozen=True)
+class IssueItem:
+    """One build to lease in ``Store.issue_many``: the arguments of ``Store.issue``."""
+
+    build_id: int
+    session: str
+    deadline: float
+    task_text: str
+
+
+@dataclass(frozen=True)
+class ResultItem:
+    """One result for ``Store.record_results``: the arguments of ``Store.record_result``."""
+
+    session: str
+    result: Result
+    agent: str | None = None
+    machine_name: str | None = None
+    machine_summary: str | None = None
+    metrics: Mapping[str, float] | None = None
+
+
+class SchemaError(RuntimeError):
+    """The database's schema is not one this bbot can use (newer, foreign, or a migration failed)."""
 
 
 class BuildNotFound(LookupError):
@@ -159,6 +201,16 @@ SET_KINDS = ("submit", "git")
 OUTCOME_RESULT = "result"
 OUTCOME_EXPIRED = "expired"
 OUTCOME_GIVEN_UP = "given-up"
+OUTCOME_FAILED = "failed"
+
+# The operation that tells, in a build bbot gave up on, how each attempt ended.
+BBOT_OPERATION = "bbot"
+
+# Counter bumped when an infrastructure failure arrives for a lease that is not current.
+COUNTER_FAILURE_STALE = "results_stale"
+
+# Bound on the values in one IN (...) list: SQLite caps the parameters of one statement.
+IN_CHUNK = 500
 
 
 # --------------------------------------------------------------------------- schema
@@ -250,6 +302,8 @@ attempts = sa.Table(
     sa.Column("detail", sa.Text),
     sa.Column("metrics", sa.Text, nullable=False, default="{}"),  # JSON object
     sa.Column("task", sa.LargeBinary, nullable=False),  # zlib-compressed task manifest
+    # Since schema version 2 (so the last column, as ALTER TABLE puts it).
+    sa.Column("infrastructure", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
 )
 
 counters_table = sa.Table(
@@ -258,6 +312,85 @@ counters_table = sa.Table(
     sa.Column("name", sa.String(200), primary_key=True),
     sa.Column("value", sa.BigInteger, nullable=False),
 )
+
+
+# --------------------------------------------------------------------------- migrations
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step of the schema from ``version - 1`` to ``version``.
+
+    ``apply`` runs inside the step's own transaction (SQLite and PostgreSQL both
+    have transactional DDL), so a step that fails leaves the previous version.
+    """
+
+    version: int
+    description: str
+    apply: Callable[[Connection], None]
+
+
+def _add_column(conn: Connection, table: str, column: sa.Column[Any]) -> None:
+    # CreateColumn renders the type and default in the connection's own dialect
+    # (BOOLEAN DEFAULT false on PostgreSQL, BOOLEAN DEFAULT 0 on SQLite).
+    spec = CreateColumn(column).compile(dialect=conn.dialect)
+    conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {spec}")
+
+
+def _v2_attempt_infrastructure(conn: Connection) -> None:
+    # Spelled out rather than taken from ``attempts``: this step must keep doing
+    # what it does even when a later version changes the table.
+    _add_column(
+        conn,
+        "bbot_attempts",
+        sa.Column("infrastructure", sa.Boolean, nullable=False, server_default=sa.false()),
+    )
+
+
+# The schema the first bbot created; every later version is a migration below.
+BASE_SCHEMA_VERSION = 1
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        2,
+        "bbot_attempts.infrastructure: the attempt ended because the agent, not the package, failed",
+        _v2_attempt_infrastructure,
+    ),
+)
+
+SCHEMA_VERSION = MIGRATIONS[-1].version if MIGRATIONS else BASE_SCHEMA_VERSION
+
+
+def _check_migrations(migrations: Sequence[Migration]) -> None:
+    found = [m.version for m in migrations]
+    expected = list(range(BASE_SCHEMA_VERSION + 1, BASE_SCHEMA_VERSION + 1 + len(migrations)))
+    if found != expected:
+        raise RuntimeError(
+            f"bbot.controller.store.MIGRATIONS has versions {found}: number them {expected}, "
+            "consecutive after the base schema"
+        )
+
+
+_check_migrations(MIGRATIONS)
+
+# Key space of the PostgreSQL advisory lock taken while checking or migrating the schema ("bbot").
+_PG_SCHEMA_LOCK = 0x62626F74
+
+
+def _lock_schema(conn: Connection) -> None:
+    """Serialise schema checks and migrations among processes opening the same store."""
+    if conn.dialect.name == "postgresql":
+        # Held until the transaction ends. Keyed by the schema too, so stores in
+        # different schemas of one database do not wait for each other.
+        conn.execute(
+            sa.text(
+                "SELECT pg_advisory_xact_lock(CAST(:space AS integer), "
+                "hashtext(coalesce(current_schema(), '')))"
+            ),
+            {"space": _PG_SCHEMA_LOCK},
+        )
+    # SQLite: the transaction began with BEGIN IMMEDIATE, which already shuts out
+    # every other writer until it ends.
 
 
 def _compress(text: str) -> bytes:
@@ -269,6 +402,7 @@ def _decompress(data: bytes) -> str:
 
 
 _E = TypeVar("_E", Status, BuildState)
+_V = TypeVar("_V")
 
 
 def _parse_enum(kind: type[_E], value: str | _E, what: str) -> _E:
@@ -292,7 +426,11 @@ class Store:
         self._memory_lock: threading.RLock | None = (
             threading.RLock() if isinstance(self._engine.pool, StaticPool) else None
         )
-        self._create_schema()
+        try:
+            self._open_schema()
+        except BaseException:
+            self._engine.dispose()
+            raise
 
     def close(self) -> None:
         self._engine.dispose()
@@ -310,22 +448,67 @@ class Store:
             with conn.begin():
                 yield conn
 
-    def _create_schema(self) -> None:
-        with self._tx(write=True) as conn:
-            metadata.create_all(conn, checkfirst=True)
-            current = conn.execute(sa.select(sa.func.max(schema_version_table.c.version)))
-            version = current.scalar()
-            if version is None:
-                conn.execute(
-                    schema_version_table.insert().values(
-                        version=SCHEMA_VERSION, applied_at=time.time()
+    def _open_schema(self) -> None:
+        """Create the schema in an empty database, or bring an older one up to SCHEMA_VERSION."""
+        while True:
+            # One transaction per step: the version is read again under the lock each
+            # time, so a process that waited while another one migrated goes on from there.
+            with self._tx(write=True) as conn:
+                _lock_schema(conn)
+                version = self._schema_version(conn)
+                if version is None:
+                    metadata.create_all(conn)
+                    conn.execute(
+                        schema_version_table.insert().values(version=SCHEMA_VERSION, applied_at=time.time())
                     )
+                    return
+                if version == SCHEMA_VERSION:
+                    return
+                if version > SCHEMA_VERSION:
+                    raise SchemaError(
+                        f"store {_safe_url(self.url)} has schema version {version}, newer than this "
+                        f"bbot's {SCHEMA_VERSION}: a newer bbot has migrated it; upgrade bbot to one "
+                        f"that knows schema version {version} (stores are never downgraded)"
+                    )
+                if version < BASE_SCHEMA_VERSION:
+                    raise SchemaError(
+                        f"store {_safe_url(self.url)} has schema version {version}, older than any "
+                        f"bbot made ({BASE_SCHEMA_VERSION}): restore it from a backup or point bbot "
+                        "at an empty database"
+                    )
+                step = MIGRATIONS[version - BASE_SCHEMA_VERSION]
+                try:
+                    step.apply(conn)
+                except sa.exc.SQLAlchemyError as error:
+                    raise SchemaError(
+                        f"store {_safe_url(self.url)}: migration to schema version {step.version} "
+                        f"({step.description}) failed, the store stays at version {version}: {error}"
+                    ) from error
+                conn.execute(
+                    schema_version_table.insert().values(version=step.version, applied_at=time.time())
                 )
-            elif version > SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"store {_safe_url(self.url)} has schema version {version}, newer than "
-                    f"this bbot's {SCHEMA_VERSION}: upgrade bbot"
+            log.info("store %s: migrated to schema version %d: %s", _safe_url(self.url), step.version,
+                     step.description)
+
+    def _schema_version(self, conn: Connection) -> int | None:
+        """The database's schema version; None when it holds no bbot table at all."""
+        names = set(sa.inspect(conn).get_table_names())
+        if schema_version_table.name not in names:
+            ours = sorted(names & set(metadata.tables))
+            if ours:
+                raise SchemaError(
+                    f"store {_safe_url(self.url)} has bbot tables ({', '.join(ours)}) but no "
+                    f"{schema_version_table.name}: it was not made by bbot or is damaged; restore "
+                    "it from a backup or point bbot at an empty database"
                 )
+            return None
+        version = conn.execute(sa.select(sa.func.max(schema_version_table.c.version))).scalar()
+        if version is None:
+            raise SchemaError(
+                f"store {_safe_url(self.url)}: {schema_version_table.name} is empty, so its schema "
+                "version is unknown; restore it from a backup or point bbot at an empty database"
+            )
+        return int(version)
 
     # ----------------------------------------------------------------- build sets and builds
 
@@ -398,36 +581,83 @@ class Store:
             raise BuildNotFound(build_id)
         return row
 
+    def _lock_builds(self, conn: Connection, build_ids: Iterable[int]) -> dict[int, RowMapping]:
+        """Lock and read many builds; missing ids are left out.
+
+        Rows are locked in id order (each chunk ordered, chunks ascending), so two
+        batches on PostgreSQL cannot deadlock by taking the same rows in opposite orders.
+        """
+        found: dict[int, RowMapping] = {}
+        for chunk in _chunks(sorted(set(build_ids))):
+            query = sa.select(builds).where(builds.c.id.in_(chunk)).order_by(builds.c.id).with_for_update()
+            for row in conn.execute(query).mappings():
+                found[int(row["id"])] = row
+        return found
+
     def issue(self, build_id: int, session: str, deadline: float, task_text: str) -> int:
         """QUEUED -> LEASED under ``session``; returns the attempt number."""
-        now = time.time()
         with self._tx(write=True) as conn:
             row = self._lock_build(conn, build_id)
-            state = next_state(BuildState(row["state"]), LeaseEvent.ISSUE)
+            next_state(BuildState(row["state"]), LeaseEvent.ISSUE)  # IllegalTransition unless queued
             number = int(row["attempt"]) + 1
-            conn.execute(
-                builds.update()
-                .where(builds.c.id == build_id)
-                .values(
-                    state=state.value,
-                    attempt=number,
-                    session=session,
-                    lease_deadline=deadline,
-                    issued_at=now,
-                )
-            )
-            conn.execute(
-                attempts.insert().values(
-                    build_id=build_id,
-                    number=number,
-                    session=session,
-                    issued_at=now,
-                    deadline=deadline,
-                    metrics="{}",
-                    task=_compress(task_text),
-                )
-            )
+            self._lease(conn, [(IssueItem(build_id, session, deadline, task_text), number)], time.time())
             return number
+
+    def issue_many(self, items: Sequence[IssueItem]) -> list[int]:
+        """Lease every item's build that is still queued, in one transaction.
+
+        Returns the ids of the builds issued, in the items' order. A build that is
+        not queued (any more), does not exist, or came earlier in ``items`` is
+        skipped: that is the race with another scheduler pass, not an error.
+        """
+        if not items:
+            return []
+        with self._tx(write=True) as conn:
+            rows = self._lock_builds(conn, (item.build_id for item in items))
+            attempt = {build_id: int(row["attempt"]) for build_id, row in rows.items()
+                       if row["state"] == BuildState.QUEUED.value}
+            leases: list[tuple[IssueItem, int]] = []
+            for item in items:
+                if item.build_id in attempt:
+                    leases.append((item, attempt.pop(item.build_id) + 1))
+            self._lease(conn, leases, time.time())
+            return [item.build_id for item, _ in leases]
+
+    def _lease(self, conn: Connection, leases: Sequence[tuple[IssueItem, int]], now: float) -> None:
+        """Write the leases (each item with its attempt number) of builds locked and checked queued."""
+        if not leases:
+            return
+        leased = next_state(BuildState.QUEUED, LeaseEvent.ISSUE)
+        conn.execute(
+            builds.update().where(builds.c.id == sa.bindparam("b_id")),
+            [
+                {
+                    "b_id": item.build_id,
+                    "state": leased.value,
+                    "attempt": number,
+                    "session": item.session,
+                    "lease_deadline": item.deadline,
+                    "issued_at": now,
+                }
+                for item, number in leases
+            ],
+        )
+        conn.execute(
+            attempts.insert(),
+            [
+                {
+                    "build_id": item.build_id,
+                    "number": number,
+                    "session": item.session,
+                    "issued_at": now,
+                    "deadline": item.deadline,
+                    "metrics": "{}",
+                    "task": _compress(item.task_text),
+                    "infrastructure": False,
+                }
+                for item, number in leases
+            ],
+        )
 
     def expire(self, build_id: int, session: str, detail: str) -> bool:
         """LEASED -> QUEUED when ``session`` is still the current one; False otherwise."""
@@ -450,29 +680,122 @@ class Store:
             return True
 
     def give_up(self, build_id: int, detail: str) -> None:
-        """End the build ``abnormal`` with ``detail`` as its reason (from QUEUED or LEASED)."""
+        """End the build ``abnormal`` with ``detail`` as its reason (from QUEUED or LEASED).
+
+        When the build had attempts, its one operation "bbot" logs how each ended,
+        then ``detail``.
+        """
         now = time.time()
         with self._tx(write=True) as conn:
             row = self._lock_build(conn, build_id)
             previous = BuildState(row["state"])
             state = next_state(previous, LeaseEvent.GIVE_UP)
-            conn.execute(
-                builds.update()
-                .where(builds.c.id == build_id)
-                .values(
-                    state=state.value,
-                    status=Status.ABNORMAL.value,
-                    reason=detail,
-                    lease_deadline=None,
-                    finished_at=now,
-                )
-            )
             if previous is BuildState.LEASED:
                 conn.execute(
                     attempts.update()
                     .where(attempts.c.build_id == build_id, attempts.c.session == row["session"])
                     .values(ended_at=now, outcome=OUTCOME_GIVEN_UP, detail=detail)
                 )
+            self._end_abnormal(conn, build_id, state, reason=detail, last_line=detail, now=now)
+
+    def fail_attempt(
+        self, session: str, reason: str, *, agent: str | None, max_attempts: int
+    ) -> FailOutcome:
+        """End ``session``'s attempt by an infrastructure failure (the agent, not the package, failed).
+
+        When ``session`` is the build's current lease, its attempt ends "failed"
+        with ``reason``; then the build ends abnormal (GAVE_UP) if that was attempt
+        ``max_attempts`` or later, else it is queued again (RETRY). Otherwise
+        nothing changes but the "results_stale" counter (STALE).
+        """
+        if max_attempts < 1:
+            raise ValueError(f"fail_attempt: max_attempts is {max_attempts}; it must be 1 or more")
+        now = time.time()
+        with self._tx(write=True) as conn:
+            owner = conn.execute(
+                sa.select(attempts.c.build_id).where(attempts.c.session == session)
+            ).scalar()
+            row = None if owner is None else self._lock_build(conn, int(owner))
+            if row is None or row["state"] != BuildState.LEASED.value or row["session"] != session:
+                self._bump(conn, COUNTER_FAILURE_STALE, 1)
+                return FailOutcome.STALE
+            build_id = int(row["id"])
+            conn.execute(
+                attempts.update()
+                .where(attempts.c.build_id == build_id, attempts.c.session == session)
+                .values(ended_at=now, outcome=OUTCOME_FAILED, infrastructure=True, detail=reason,
+                        agent=agent)
+            )
+            number = int(row["attempt"])
+            if number >= max_attempts:
+                state = next_state(BuildState.LEASED, LeaseEvent.GIVE_UP)
+                gave_up = f"gave up after {_attempts_text(number)}"
+                self._end_abnormal(conn, build_id, state, last_line=gave_up, now=now,
+                                   reason=f"infrastructure failure: {reason}; {gave_up}")
+                return FailOutcome.GAVE_UP
+            state = next_state(BuildState.LEASED, LeaseEvent.FAIL)
+            conn.execute(
+                builds.update()
+                .where(builds.c.id == build_id)
+                .values(
+                    state=state.value,
+                    session=None,
+                    lease_deadline=None,
+                    reason=f"retrying after an infrastructure failure: {reason}",
+                )
+            )
+            return FailOutcome.RETRY
+
+    def _end_abnormal(
+        self, conn: Connection, build_id: int, state: BuildState, *, reason: str, last_line: str, now: float
+    ) -> None:
+        """End a locked build abnormal; its one operation "bbot" logs every attempt, then ``last_line``."""
+        conn.execute(
+            builds.update()
+            .where(builds.c.id == build_id)
+            .values(
+                state=state.value,
+                status=Status.ABNORMAL.value,
+                reason=reason,
+                lease_deadline=None,
+                finished_at=now,
+            )
+        )
+        conn.execute(operations.delete().where(operations.c.build_id == build_id))
+        ended = conn.execute(
+            sa.select(attempts.c.number, attempts.c.session, attempts.c.agent, attempts.c.outcome,
+                      attempts.c.detail)
+            .where(attempts.c.build_id == build_id)
+            .order_by(attempts.c.number)
+        ).all()
+        if not ended:
+            # Never issued (e.g. no machine matches): there is nothing to tell but the reason.
+            return
+        lines = [
+            f"attempt {a.number} (agent {a.agent or 'unknown'}, session {a.session}): "
+            f"{a.detail or a.outcome or 'no detail'}"
+            for a in ended
+        ]
+        conn.execute(
+            operations.insert().values(
+                build_id=build_id,
+                position=0,
+                name=BBOT_OPERATION,
+                status=Status.ABNORMAL.value,
+                log=_compress("\n".join([*lines, last_line]) + "\n"),
+            )
+        )
+
+    def failed_agents(self, build_id: int) -> list[str]:
+        """The agents whose attempts at the build ended by an infrastructure failure, first failure first."""
+        with self._tx(write=False) as conn:
+            rows = conn.execute(
+                sa.select(attempts.c.agent)
+                .where(attempts.c.build_id == build_id, attempts.c.infrastructure,
+                       attempts.c.agent.is_not(None))
+                .order_by(attempts.c.number)
+            )
+            return list(dict.fromkeys(str(r.agent) for r in rows))
 
     def record_result(
         self,
@@ -485,81 +808,110 @@ class Store:
         metrics: Mapping[str, float] | None = None,
     ) -> ResultOutcome:
         """Store ``result`` for ``session`` when it is the build's current lease."""
-        now = time.time()
-        with self._tx(write=True) as conn:
-            outcome = self._judge_result(conn, session, result)
-            if outcome is not ResultOutcome.ACCEPTED:
-                self._bump(conn, f"results_dropped_{outcome.value}", 1)
-                return outcome
-            attempt = conn.execute(
-                sa.select(attempts.c.build_id).where(attempts.c.session == session)
-            ).one()
-            build_id = int(attempt.build_id)
-            row = self._lock_build(conn, build_id)
-            state = next_state(BuildState(row["state"]), LeaseEvent.RESULT)
-            conn.execute(
-                builds.update()
-                .where(builds.c.id == build_id)
-                .values(
-                    state=state.value,
-                    status=Status(result.status).value,
-                    lease_deadline=None,
-                    finished_at=now,
-                    reason=None,
-                    agent=agent,
-                    machine_name=machine_name,
-                    machine_summary=machine_summary,
-                    worker_checksum=result.worker_checksum,
-                    dependency_checksum=result.dependency_checksum,
-                )
-            )
-            conn.execute(operations.delete().where(operations.c.build_id == build_id))
-            if result.results:
-                conn.execute(
-                    operations.insert(),
-                    [
-                        {
-                            "build_id": build_id,
-                            "position": position,
-                            "name": op.operation,
-                            "status": Status(op.status).value,
-                            "log": _compress(op.log),
-                        }
-                        for position, op in enumerate(result.results)
-                    ],
-                )
-            conn.execute(
-                attempts.update()
-                .where(attempts.c.session == session)
-                .values(
-                    ended_at=now,
-                    outcome=OUTCOME_RESULT,
-                    agent=agent,
-                    machine=machine_name,
-                    metrics=json.dumps({k: float(v) for k, v in (metrics or {}).items()}),
-                )
-            )
-            return ResultOutcome.ACCEPTED
+        item = ResultItem(session, result, agent, machine_name, machine_summary, metrics)
+        return self.record_results([item])[0]
 
-    def _judge_result(self, conn: Connection, session: str, result: Result) -> ResultOutcome:
-        owner = conn.execute(
-            sa.select(attempts.c.build_id).where(attempts.c.session == session)
-        ).scalar()
-        if owner is None:
-            return ResultOutcome.UNKNOWN
-        row = self._lock_build(conn, int(owner))
-        # Read the attempt only under the build's lock: a concurrent copy of this
-        # result may have just been committed.
-        outcome = conn.execute(
-            sa.select(attempts.c.outcome).where(attempts.c.session == session)
-        ).scalar()
-        if (result.name, result.version) != (row["package_name"], row["package_version"]):
-            return ResultOutcome.MISMATCH
-        if outcome == OUTCOME_RESULT:
-            return ResultOutcome.DUPLICATE
-        if row["state"] != BuildState.LEASED.value or row["session"] != session:
-            return ResultOutcome.STALE
-        return ResultOutcome.ACCEPTED
+    def record_results(self, items: Sequence[ResultItem]) -> list[ResultOutcome]:
+        """``record_result`` for every item, in order, in one transaction; their outcomes.
+
+        An item judged after an earlier one of the same batch sees it: the same
+        session twice is ACCEPTED then DUPLICATE. Every dropped result bumps the
+        counter "results_dropped_<outcome>".
+        """
+        if not items:
+            return []
+        now = time.time()
+        sessions = sorted({item.session for item in items})
+        with self._tx(write=True) as conn:
+            # A session's build never changes, so this read needs no lock.
+            owner = {s: int(b) for s, b in _by_session(conn, sessions, attempts.c.build_id).items()}
+            rows = self._lock_builds(conn, owner.values())
+            # Read the attempts' outcomes only under the builds' locks: a concurrent
+            # copy of one of these results may have just been committed.
+            ended: dict[str, Any] = _by_session(conn, sessions, attempts.c.outcome)
+            current = {build_id: (row["state"], row["session"]) for build_id, row in rows.items()}
+
+            outcomes: list[ResultOutcome] = []
+            accepted: list[tuple[int, ResultItem]] = []
+            for item in items:
+                build_id = owner.get(item.session)
+                row = None if build_id is None else rows.get(build_id)
+                if build_id is None or row is None:
+                    outcome = ResultOutcome.UNKNOWN
+                elif (item.result.name, item.result.version) != (row["package_name"], row["package_version"]):
+                    outcome = ResultOutcome.MISMATCH
+                elif ended.get(item.session) == OUTCOME_RESULT:
+                    outcome = ResultOutcome.DUPLICATE
+                elif current[build_id] != (BuildState.LEASED.value, item.session):
+                    outcome = ResultOutcome.STALE
+                else:
+                    outcome = ResultOutcome.ACCEPTED
+                    current[build_id] = (BuildState.BUILT.value, item.session)
+                    ended[item.session] = OUTCOME_RESULT
+                    accepted.append((build_id, item))
+                outcomes.append(outcome)
+
+            self._store_results(conn, accepted, now)
+            dropped = Counter(o.value for o in outcomes if o is not ResultOutcome.ACCEPTED)
+            for name, count in sorted(dropped.items()):
+                self._bump(conn, f"results_dropped_{name}", count)
+            return outcomes
+
+    def _store_results(
+        self, conn: Connection, accepted: Sequence[tuple[int, ResultItem]], now: float
+    ) -> None:
+        """Write accepted results (each with its locked, leased build's id) with executemany."""
+        if not accepted:
+            return
+        built = next_state(BuildState.LEASED, LeaseEvent.RESULT)
+        conn.execute(
+            builds.update().where(builds.c.id == sa.bindparam("b_id")),
+            [
+                {
+                    "b_id": build_id,
+                    "state": built.value,
+                    "status": Status(item.result.status).value,
+                    "lease_deadline": None,
+                    "finished_at": now,
+                    "reason": None,
+                    "agent": item.agent,
+                    "machine_name": item.machine_name,
+                    "machine_summary": item.machine_summary,
+                    "worker_checksum": item.result.worker_checksum,
+                    "dependency_checksum": item.result.dependency_checksum,
+                }
+                for build_id, item in accepted
+            ],
+        )
+        for chunk in _chunks([build_id for build_id, _ in accepted]):
+            conn.execute(operations.delete().where(operations.c.build_id.in_(chunk)))
+        logs = [
+            {
+                "build_id": build_id,
+                "position": position,
+                "name": op.operation,
+                "status": Status(op.status).value,
+                "log": _compress(op.log),
+            }
+            for build_id, item in accepted
+            for position, op in enumerate(item.result.results)
+        ]
+        if logs:
+            conn.execute(operations.insert(), logs)
+        conn.execute(
+            attempts.update().where(attempts.c.session == sa.bindparam("b_session")),
+            [
+                {
+                    "b_session": item.session,
+                    "ended_at": now,
+                    "outcome": OUTCOME_RESULT,
+                    "agent": item.agent,
+                    "machine": item.machine_name,
+                    "metrics": json.dumps({k: float(v) for k, v in (item.metrics or {}).items()}),
+                }
+                for _, item in accepted
+            ],
+        )
 
     def set_reason(self, build_id: int, reason: str | None) -> None:
         with self._tx(write=True) as conn:
@@ -704,6 +1056,7 @@ class Store:
                     machine=r.machine,
                     detail=r.detail,
                     metrics={str(k): float(v) for k, v in json.loads(r.metrics).items()},
+                    infrastructure=bool(r.infrastructure),
                 )
                 for r in rows
             ]
@@ -835,6 +1188,25 @@ def _build_row(m: RowMapping) -> BuildRow:
         author_email=m["author_email"],
         submitter_email=m["submitter_email"],
     )
+
+
+def _chunks(values: Sequence[_V]) -> Iterator[Sequence[_V]]:
+    """``values`` in slices small enough for one IN (...) list."""
+    for start in range(0, len(values), IN_CHUNK):
+        yield values[start:start + IN_CHUNK]
+
+
+def _by_session(conn: Connection, sessions: Sequence[str], column: sa.Column[Any]) -> dict[str, Any]:
+    """``column`` of the attempts of ``sessions`` (those that exist), by session."""
+    found: dict[str, Any] = {}
+    for chunk in _chunks(sessions):
+        query = sa.select(attempts.c.session, column).where(attempts.c.session.in_(chunk))
+        found.update((row[0], row[1]) for row in conn.execute(query))
+    return found
+
+
+def _attempts_text(count: int) -> str:
+    return f"{count} attempt" if count == 1 else f"{count} attempts"
 
 
 def _new_id(result: sa.CursorResult[Any]) -> int:

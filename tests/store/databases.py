@@ -57,6 +57,18 @@ def postgres_url() -> Iterator[str]:
 
 
 @contextmanager
+def database_url(backend: str, directory: Path) -> Iterator[str]:
+    """The URL of an empty database of ``backend``, without opening a store on it."""
+    if backend == "sqlite":
+        yield f"sqlite:///{directory / 'bbot.sqlite'}"
+    elif backend == "postgresql":
+        with postgres_url() as url:
+            yield url
+    else:
+        raise ValueError(f"unknown test backend {backend}: expected sqlite or postgresql")
+
+
+@contextmanager
 def open_store(backend: str, directory: Path) -> Iterator[Store]:
     if backend == "sqlite":
         store = Store(f"sqlite:///{directory / 'bbot.sqlite'}")
