@@ -66,6 +66,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
     config = _config(args)
     agent = Agent(config.agent, broker_url=config.broker_url, data_dir=config.data_dir,
+                  broker_declare=config.broker_declare,
                   toolchain_name=config.controller.toolchain_name,
                   toolchain_version=config.controller.toolchain_version)
     agent.start()
@@ -137,9 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from bbot.manifest import cli as manifest_cli
     from bbot.worker import cli as worker_cli
+    from broker import cli as broker_cli
 
     manifest_cli.add_parser(sub)
     worker_cli.add_parser(sub)
+    broker_cli.add_parser(sub)
     return parser
 
 

@@ -137,7 +137,9 @@ class WebConfig:
 @dataclass(frozen=True)
 class Config:
     data_dir: Path
-    broker_url: str = "memory://"
+    broker_url: str = "memory://"  # ';' separates failover alternatives
+    # False on a broker provisioned by `bbot broker apply`: least-privilege users declare nothing.
+    broker_declare: bool = True
     store_url: str | None = None  # None: SQLite in the data directory
     controller: ControllerConfig = ControllerConfig()
     web: WebConfig = WebConfig()
@@ -209,6 +211,13 @@ class _Reader:
             return default
         return float(value)
 
+    def boolean(self, m: dict[str, Any], key: str, where: str, default: bool) -> bool:
+        value = m.get(key, default)
+        if not isinstance(value, bool):
+            self.problem(_join(where, key), f"expected true or false, got {value!r}")
+            return default
+        return value
+
     def strings(self, m: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
         value = m.get(key)
         if value is None:
@@ -266,11 +275,21 @@ def parse_config(document: Any, *, source: str = "<config>", data_dir: Path | No
     if not data.is_absolute():
         data = (base / data).absolute()
 
-    broker = r.mapping(top.get("broker"), "broker", ["url"])
+    broker = r.mapping(top.get("broker"), "broker", ["url", "urls", "declare"])
     store = r.mapping(top.get("store"), "store", ["url"])
-    broker_url = r.string(broker, "url", "broker", "memory://") or "memory://"
-    if not re.match(r"^(memory|amqp|amqps|pyamqp)://", broker_url):
-        r.problem("broker.url", f"unsupported scheme in '{broker_url}'; use memory:// or amqp://")
+    urls = list(r.strings(broker, "urls", "broker"))
+    single = r.string(broker, "url", "broker")
+    if single and urls:
+        r.problem("broker.urls", "give either broker.url or broker.urls (a list for failover), not both")
+    urls = urls or ([u for u in single.split(";") if u] if single else ["memory://"])
+    for i, u in enumerate(urls):
+        if not re.match(r"^(memory|amqp|amqps|pyamqp)://", u):
+            r.problem(f"broker.urls[{i}]" if len(urls) > 1 else "broker.url",
+                      f"unsupported scheme in '{u}'; use memory:// or amqp://")
+    if len(urls) > 1 and any(u.startswith("memory://") for u in urls):
+        r.problem("broker.urls", "memory:// cannot fail over: list only amqp:// URLs")
+    broker_url = ";".join(urls)
+    broker_declare = r.boolean(broker, "declare", "broker", True)
     store_url = r.string(store, "url", "store")
 
     c = r.mapping(top.get("controller"), "controller",
@@ -377,7 +396,8 @@ def parse_config(document: Any, *, source: str = "<config>", data_dir: Path | No
         machines.append(MachineConfig(
             id=r.string(m, "id", where, required=True) or "",
             name=r.string(m, "name", where, required=True) or "",
-            summary=r.string(m, "summary", where, "") or "",
+            # brep needs a summary on every machine header: default to something true.
+            summary=r.string(m, "summary", where) or f"{mtype} machine {m.get('id')}",
             type=mtype,
         ))
     machines_dir = r.string(a, "machines_dir", "agent")
@@ -397,6 +417,7 @@ def parse_config(document: Any, *, source: str = "<config>", data_dir: Path | No
     return Config(
         data_dir=data,
         broker_url=broker_url,
+        broker_declare=broker_declare,
         store_url=store_url,
         controller=controller,
         web=web,
@@ -408,4 +429,4 @@ def parse_config(document: Any, *, source: str = "<config>", data_dir: Path | No
 
 
 # Machine types an agent knows; each has one backend file under bbot/agent/machines/.
-MACHINE_TYPES = ("process",)
+MACHINE_TYPES = ("process", "null")

@@ -63,6 +63,7 @@ def start_farm(config: Config, *, with_agent: bool = True, port: int | None = No
         if with_agent:
             agent = Agent(
                 config.agent, broker_url=config.broker_url, data_dir=config.data_dir,
+                broker_declare=config.broker_declare,
                 toolchain_name=config.controller.toolchain_name,
                 toolchain_version=config.controller.toolchain_version,
             )

@@ -12,6 +12,7 @@ the controller's lease brings the task back.
 from __future__ import annotations
 
 import logging
+import queue
 import secrets
 import shutil
 import threading
@@ -26,6 +27,7 @@ from kombu import Consumer
 from bbot import bus
 from bbot.agent.lifecycle import BootLife, MachineEvent, MachineState
 from bbot.agent.machines.base import BootSpec, MachineBackend
+from bbot.agent.machines.null import NullMachine
 from bbot.agent.machines.process import ProcessMachine
 from bbot.bus import names
 from bbot.config import AgentConfig, MachineConfig
@@ -45,12 +47,13 @@ log = logging.getLogger(__name__)
 
 # How long to wait for the result upload to land after the worker exited.
 RESULT_SETTLE_SECONDS = 2.0
+TIMEOUT_PREFIX = "build timed out"
 MAX_CONSOLE_TAIL = 8192
 
 
 def make_backends() -> dict[str, MachineBackend]:
     """One backend per machine type (see bbot/agent/machines/)."""
-    return {"process": ProcessMachine()}
+    return {"process": ProcessMachine(), "null": NullMachine()}
 
 
 @dataclass
@@ -59,6 +62,7 @@ class Slot:
 
     machine: MachineConfig
     boot: BootLife | None = None
+    session: str | None = None  # the task's session while a boot runs
 
     @property
     def free(self) -> bool:
@@ -75,6 +79,7 @@ class Agent:
         *,
         broker_url: str,
         data_dir: Path,
+        broker_declare: bool = True,
         toolchain_name: str = "bbot",
         toolchain_version: str = "0",
         backends: dict[str, MachineBackend] | None = None,
@@ -82,6 +87,7 @@ class Agent:
     ) -> None:
         self.config = config
         self.broker_url = broker_url
+        self.broker_declare = broker_declare
         self.toolchain_name = toolchain_name
         self.toolchain_version = toolchain_version
         self.backends = backends or make_backends()
@@ -103,6 +109,7 @@ class Agent:
         self.tftp: TftpService | None = None
         self._consumer: _TaskConsumer | None = None
         self._publisher: bus.Publisher | None = None
+        self._outbox: _Outbox | None = None
 
     # -- start and stop -------------------------------------------------------------------------
 
@@ -118,7 +125,9 @@ class Agent:
         self.tftp.start()
         log.info("agent %s: TFTP on %s:%d, %d machine(s)", self.config.name, self.config.tftp_host,
                  self.tftp.port, len(self.slots))
-        self._publisher = bus.Publisher(self.broker_url)
+        self._publisher = bus.Publisher(self.broker_url, declare=self.broker_declare)
+        self._outbox = _Outbox(bus.Publisher(self.broker_url, declare=self.broker_declare), self.config.name)
+        self._outbox.start()
         self._consumer = _TaskConsumer(self)
         self._spawn(self._consumer.run, "agent-consumer")
         self._spawn(self._heartbeat, "agent-heartbeat")
@@ -135,6 +144,8 @@ class Agent:
         self._threads.clear()
         if self.tftp is not None:
             self.tftp.stop()
+        if self._outbox is not None:
+            self._outbox.stop()  # sends what is still in it first
         if self._publisher is not None:
             self._publisher.close()
 
@@ -159,9 +170,12 @@ class Agent:
         assert self._publisher is not None
         while not self._stopping.is_set():
             try:
+                with self._lock:
+                    running = [s.session for s in self.slots if s.session]
                 self._publisher.publish(
                     self.announcement().to_text(), exchange=bus.announce_exchange(), routing_key="",
-                    persistent=False,
+                    persistent=False, headers={names.HEADER_RUNNING_SESSIONS: ",".join(running),
+                             names.HEADER_HEARTBEAT: self.config.heartbeat},
                 )
             except Exception:
                 log.exception("agent %s: announcement failed; retrying at the next heartbeat",
@@ -173,9 +187,9 @@ class Agent:
     def machine_names(self) -> list[str]:
         return sorted({s.machine.name for s in self.slots})
 
-    def has_free(self, machine_name: str) -> bool:
+    def free_count(self, machine_name: str) -> int:
         with self._lock:
-            return any(s.free and s.machine.name == machine_name for s in self.slots)
+            return sum(1 for s in self.slots if s.free and s.machine.name == machine_name)
 
     def on_task(self, machine_name: str, message: Any) -> None:
         """A task message for ``machine_name``: take it onto a free machine, or give it back."""
@@ -196,16 +210,42 @@ class Agent:
                       task.name, task.version)
             message.ack()
             return
+        avoid = str((message.headers or {}).get(names.HEADER_AVOID_AGENTS, "")).split(",")
+        if self.config.name in avoid and not message.delivery_info.get("redelivered"):
+            # An earlier attempt failed here for infrastructure reasons: give another agent
+            # the first chance. If it comes back to us (redelivered), nobody else took it.
+            message.requeue()
+            return
         with self._lock:
             slot = next((s for s in self.slots if s.free and s.machine.name == machine_name), None)
             if slot is not None:
                 slot.boot = BootLife(boot_id=f"{slot.machine.id}-{secrets.token_hex(6)}")
+                slot.session = session
         if slot is None:
             message.requeue()
             return
         message.ack()  # handed on to a machine
         assert slot.boot is not None
-        self._spawn(self._run_boot, f"boot-{slot.boot.boot_id}", slot, task, session, reply_to)
+        backend = self.backends[slot.machine.type]
+        if backend.instant:
+            self._run_instant(backend, slot, task, session, reply_to)
+        else:
+            self._spawn(self._run_boot, f"boot-{slot.boot.boot_id}", slot, task, session, reply_to)
+
+    def _run_instant(self, backend: MachineBackend, slot: Slot, task: Task, session: str,
+                     reply_to: str) -> None:
+        """A machine that needs no boot: the whole lifecycle at once, on the consumer's thread."""
+        life = slot.boot
+        assert life is not None
+        started = time.monotonic()
+        for event in (MachineEvent.BOOT, MachineEvent.STARTED, MachineEvent.RESULT, MachineEvent.SHUTDOWN,
+                      MachineEvent.DISCARD):
+            life.move(event)
+        result = backend.instant_result(task)
+        with self._lock:
+            slot.boot = slot.session = None
+        self._publish_result(ResultRequest(session=session, result=result), reply_to, slot,
+                             {"agent-seconds": time.monotonic() - started})
 
     # -- one boot ---------------------------------------------------------------------------------
 
@@ -250,15 +290,21 @@ class Agent:
             self._pending.pop(life.boot_id, None)
             life.move(MachineEvent.DISCARD)
             with self._lock:
-                slot.boot = None
+                slot.boot = slot.session = None
+        infrastructure: str | None = None
         if self._stopping.is_set() and life.failure is not None:
             result = Result(task.name, task.version, Status.INTERRUPT)
+        elif life.failure is not None and not life.failure.startswith(TIMEOUT_PREFIX):
+            # The machine, the worker or TFTP failed, not the package: another agent may succeed.
+            # (A build that times out may hang by itself: that is the package's result.)
+            infrastructure = life.failure
         metrics = {
             "boot-seconds": life.seconds_in(MachineState.BOOTING),
             "worker-seconds": life.seconds_in(MachineState.RUNNING),
             "agent-seconds": time.monotonic() - started,
         }
-        self._publish_result(ResultRequest(session=session, result=result), reply_to, slot, metrics)
+        self._publish_result(ResultRequest(session=session, result=result), reply_to, slot, metrics,
+                             infrastructure=infrastructure)
         if self._on_boot_done is not None:
             self._on_boot_done(life)
 
@@ -287,7 +333,7 @@ class Agent:
             now = time.monotonic()
             if now > deadline:
                 life.move(MachineEvent.FAILED,
-                          f"build timed out after {self.config.build_timeout:g} s; machine shut down")
+                          f"{TIMEOUT_PREFIX} after {self.config.build_timeout:g} s; machine shut down")
                 return None
             exited = backend.poll(spec)
             if exited is not None:
@@ -308,57 +354,110 @@ class Agent:
                       [OperationResult("machine", Status.ABNORMAL, text)])
 
     def _publish_result(self, request: ResultRequest, reply_to: str, slot: Slot,
-                        metrics: dict[str, float]) -> None:
-        assert self._publisher is not None
+                        metrics: dict[str, float], infrastructure: str | None = None) -> None:
+        assert self._outbox is not None
         headers: dict[str, Any] = {
             names.HEADER_AGENT: self.config.name,
             names.HEADER_MACHINE_NAME: slot.machine.name,
             names.HEADER_MACHINE_SUMMARY: slot.machine.summary,
         }
+        if infrastructure is not None:
+            headers[names.HEADER_INFRA_FAILURE] = infrastructure
         headers.update({names.HEADER_METRICS_PREFIX + k: round(v, 6) for k, v in metrics.items()})
-        try:
-            self._publisher.publish(
-                request.to_text(), exchange=bus.results_exchange(), routing_key=reply_to,
-                correlation_id=request.session, headers=headers,
-            )
-        except Exception:
-            # The controller's lease will issue the task again: nothing is lost, only time.
-            log.exception("agent %s: could not publish the result of %s", self.config.name, request.session)
+        self._outbox.put(bus.Outgoing(request.to_text(), bus.results_exchange(), reply_to,
+                                      correlation_id=request.session, headers=headers))
+
+
+class _Outbox:
+    """Results on their way to the controllers, published in confirmed batches by one thread.
+
+    A result that cannot be published (the broker stayed away through every retry)
+    is dropped with an error: the controller's lease issues the task again.
+    """
+
+    BATCH = 500
+
+    def __init__(self, publisher: bus.Publisher, agent_name: str) -> None:
+        self._publisher = publisher
+        self._agent_name = agent_name
+        self._queue: queue.Queue[bus.Outgoing | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="agent-outbox", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def put(self, message: bus.Outgoing) -> None:
+        self._queue.put(message)
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=120)
+        self._publisher.close()
+
+    def _run(self) -> None:
+        done = False
+        while not done:
+            batch: list[bus.Outgoing] = []
+            item = self._queue.get()
+            while True:
+                if item is None:
+                    done = True
+                else:
+                    batch.append(item)
+                if done or len(batch) >= self.BATCH:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            try:
+                self._publisher.publish_many(batch)
+            except Exception:
+                log.exception("agent %s: could not publish %d result(s); their leases bring the tasks back",
+                              self._agent_name, len(batch))
 
 
 class _TaskConsumer(bus.ConsumerLoop):
-    """Consumes the task queue of each machine name the agent has, while a machine is free.
+    """Consumes the task queue of each machine name the agent has, as many at once as are free.
 
-    kombu's ConsumerMixin reconnects (with failover) by itself; ``on_iteration``
-    pauses the queue of a machine name with no free machine, so tasks stay on the
-    broker for other agents instead of waiting here.
+    kombu's ConsumerMixin reconnects (with failover) by itself. ``on_iteration``
+    keeps each queue's prefetch equal to the free machines of that name and
+    pauses the queue when none is free, so tasks stay on the broker for other
+    agents instead of waiting here.
     """
 
     def __init__(self, agent: Agent) -> None:
         super().__init__(agent.broker_url)
         self.agent = agent
         self._consumers: dict[str, Any] = {}
-        self._active: dict[str, bool] = {}
+        self._prefetch: dict[str, int] = {}
 
     def get_consumers(self, consumer_cls: type[Consumer], channel: Any) -> list[Any]:
         self._consumers = {}
         for name in self.agent.machine_names():
+            free = self.agent.free_count(name)
             c = consumer_cls(
-                queues=[bus.task_queue(name)],
+                queues=[bus.task_queue(name, declare=self.agent.broker_declare)],
                 on_message=lambda message, n=name: self.agent.on_task(n, message),
-                prefetch_count=1,
-                auto_declare=True,
+                prefetch_count=max(free, 1),
+                auto_declare=self.agent.broker_declare,
             )
             self._consumers[name] = c
-            self._active[name] = True
+            self._prefetch[name] = max(free, 1)
         return list(self._consumers.values())
+
+    def on_consume_ready(self, connection: Any, channel: Any, consumers: list[Any], **kwargs: Any) -> None:
+        self.on_iteration()
 
     def on_iteration(self) -> None:
         for name, consumer in self._consumers.items():
-            free = self.agent.has_free(name)
-            if free and not self._active[name]:
-                consumer.consume()
-                self._active[name] = True
-            elif not free and self._active[name]:
-                consumer.cancel()
-                self._active[name] = False
+            free = self.agent.free_count(name)
+            if free == self._prefetch[name]:
+                continue
+            if free == 0:
+                consumer.cancel()  # unacked deliveries go back to the queue for other agents
+            else:
+                consumer.qos(prefetch_count=free)
+                if self._prefetch[name] == 0:
+                    consumer.consume()
+            self._prefetch[name] = free

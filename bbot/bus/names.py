@@ -47,6 +47,10 @@ HEADER_METRICS_PREFIX = "bbot-metric-"  # e.g. bbot-metric-worker-seconds: 1.25
 # On a result: set (to the reason) when the agent, not the package, failed the build (machine
 # did not boot, worker crashed, TFTP failed): the controller retries it on another agent.
 HEADER_INFRA_FAILURE = "bbot-infrastructure-failure"
+# On an announcement: the sessions of the tasks the agent is building, comma-separated; the
+# controller extends their leases, so a lease ends soon after its agent stops announcing.
+HEADER_RUNNING_SESSIONS = "bbot-running-sessions"
+HEADER_HEARTBEAT = "bbot-heartbeat"  # on an announcement: seconds until the agent's next one
 # On a task: the agents whose earlier attempts of it failed for infrastructure reasons,
 # comma-separated; such an agent hands the task back once so another can take it.
 HEADER_AVOID_AGENTS = "bbot-avoid-agents"

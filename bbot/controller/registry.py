@@ -19,6 +19,7 @@ class AgentInfo:
     toolchain: str
     machines: tuple[MachineHeader, ...]
     last_seen: float
+    expiry: float  # taken for dead this long after its last announcement
 
 
 def machine_matches(pattern: str, machine_name: str) -> bool:
@@ -32,20 +33,24 @@ class Registry:
         self._agents: dict[str, AgentInfo] = {}
         self._lock = threading.Lock()
 
-    def announce(self, request: TaskRequest, now: float | None = None) -> None:
+    def announce(self, request: TaskRequest, now: float | None = None,
+                 heartbeat: float | None = None) -> AgentInfo:
+        """Record an announcement; ``heartbeat`` is the agent's own interval, when it said."""
         info = AgentInfo(
             name=request.agent,
             toolchain=f"{request.toolchain_name}-{request.toolchain_version}",
             machines=tuple(request.machines),
             last_seen=time.time() if now is None else now,
+            expiry=heartbeat * MISSED_HEARTBEATS if heartbeat else self.expiry,
         )
         with self._lock:
             self._agents[request.agent] = info
+        return info
 
     def live_agents(self, now: float | None = None) -> list[AgentInfo]:
         now = time.time() if now is None else now
         with self._lock:
-            return [a for a in self._agents.values() if now - a.last_seen <= self.expiry]
+            return [a for a in self._agents.values() if now - a.last_seen <= a.expiry]
 
     def machine_for(self, pattern: str, now: float | None = None) -> MachineHeader | None:
         """The first live machine matching ``pattern``, in announcement order (as brep picks)."""

@@ -44,7 +44,16 @@ from bbot.controller.sources.git import (
     package_version,
     split_url,
 )
-from bbot.controller.store import BuildRow, NewBuild, NewBuildSet, ResultOutcome, Store
+from bbot.controller.store import (
+    BuildRow,
+    FailOutcome,
+    IssueItem,
+    NewBuild,
+    NewBuildSet,
+    ResultItem,
+    ResultOutcome,
+    Store,
+)
 from bbot.manifest import ManifestError, ResultRequest, Task, TaskRequest
 from bbot.manifest.status import Status
 from bbot.wire import DEFAULT_PACKAGE_CONFIG, new_session
@@ -83,6 +92,7 @@ class Controller:
         self._publisher: bus.Publisher | None = None
         self._consumer: _ControllerConsumer | None = None
         self._pollers: list[GitPoller] = []
+        self._started = time.monotonic()
 
     def _make_notifier(self) -> Notifier:
         smtp = self.config.email.smtp
@@ -94,6 +104,7 @@ class Controller:
     # -- start and stop -------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._started = time.monotonic()
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         if self.config.broker_url.startswith("memory://"):
             # The in-memory broker died with the last process, and every task out with it:
@@ -101,7 +112,7 @@ class Controller:
             for build in self.store.expired_leases(float("inf")):
                 assert build.session is not None
                 self.store.expire(build.id, build.session, "the in-memory broker did not survive a restart")
-        self._publisher = bus.Publisher(self.config.broker_url)
+        self._publisher = bus.Publisher(self.config.broker_url, declare=self.config.broker_declare)
         self._consumer = _ControllerConsumer(self)
         for target, name in ((self._consumer.run, "controller-consumer"),
                              (self._schedule_loop, "controller-scheduler")):
@@ -201,13 +212,17 @@ class Controller:
     def schedule_once(self) -> int:
         """End expired leases, then issue every queued build some live machine can build."""
         now = time.time()
-        for build in self.store.expired_leases(now):
-            self._end_lease(build, f"no result within the lease of {self.cc.lease_timeout:g} s")
+        # Just after start, wait for the agents' first announcements (which renew the leases
+        # of what they are building) and for the results that came in meanwhile.
+        grace = min(self.registry.expiry, self.cc.lease_timeout)
+        if time.monotonic() - self._started >= grace and self._results_caught_up():
+            for build in self.store.expired_leases(now):
+                self._end_lease(build, "agent lost: no result and no heartbeat within its lease")
         # Keep only a little more out than the live machines can take: a task that waits
         # long in a broker queue would outlive its lease and be built twice.
         machines = sum(len(a.machines) for a in self.registry.live_agents())
         room = OUTSTANDING_PER_MACHINE * machines - self.store.count_builds(state=BuildState.LEASED)
-        issued = 0
+        chosen: list[tuple[BuildRow, str]] = []
         for build in self.store.queued_builds(limit=1000):
             machine = self.registry.machine_for(build.machine_pattern)
             if machine is None:
@@ -215,11 +230,23 @@ class Controller:
                 if build.reason != reason:
                     self.store.set_reason(build.id, reason)
                 continue
-            if issued >= room:
+            if len(chosen) >= room:
                 break
-            self._issue(build, machine.name, now)
-            issued += 1
-        return issued
+            chosen.append((build, machine.name))
+        return self._issue(chosen, now)
+
+    def _results_caught_up(self) -> bool:
+        """True when no result waits to be taken in: only then may a lease be called lost.
+
+        After a controller restart the results of tasks that were out wait in the
+        results queue; expiring their leases first would drop them as stale.
+        """
+        if self._consumer is not None and self._consumer.pending:
+            return False
+        assert self._publisher is not None
+        queue = bus.results_queue(self.cc.name, declare=self.config.broker_declare)
+        # None: the broker cannot say now; then the lease deadlines alone decide.
+        return self._publisher.ready_count(queue) in (0, None)
 
     def _end_lease(self, build: BuildRow, why: str) -> None:
         assert build.session is not None
@@ -230,30 +257,44 @@ class Controller:
         else:
             self.store.expire(build.id, build.session, why)
 
-    def _issue(self, build: BuildRow, machine_name: str, now: float) -> None:
+    def _issue(self, chosen: list[tuple[BuildRow, str]], now: float) -> int:
+        """Lease each build under a new session (stored first), then publish its task."""
         assert self._publisher is not None
-        task = Task(
-            name=build.package_name, version=build.package_version,
-            repository_url=f"{build.repository_url}#{build.commit}", machine=machine_name,
-            target=build.target, target_config=build.config_args or None,
-            warning_regex=list(build.warning_regex),
-        )
-        previous_ns = int(build.session.rsplit("/", 1)[1]) if build.session else 0
-        session = str(new_session(build.key, previous_ns))
-        text = task.to_text()
-        self.store.issue(build.id, session, now + self.cc.lease_timeout, text)
-        self.store.set_reason(build.id, None)
-        self._publisher.publish(
-            text, exchange=bus.tasks_exchange(), routing_key=names.machine_key(machine_name),
-            declare=[bus.task_queue(machine_name)], reply_to=self.results_queue_name,
-            correlation_id=session,
-        )
+        items: list[IssueItem] = []
+        messages: dict[int, bus.Outgoing] = {}
+        declare = self.config.broker_declare
+        for build, machine_name in chosen:
+            task = Task(
+                name=build.package_name, version=build.package_version,
+                repository_url=f"{build.repository_url}#{build.commit}", machine=machine_name,
+                target=build.target, target_config=build.config_args or None,
+                warning_regex=list(build.warning_regex),
+            )
+            previous_ns = int(build.session.rsplit("/", 1)[1]) if build.session else 0
+            session = str(new_session(build.key, previous_ns))
+            text = task.to_text()
+            items.append(IssueItem(build.id, session, now + self.cc.lease_timeout, text))
+            headers: dict[str, Any] = {}
+            if build.attempt > 0:
+                # A retry: steer it away from the agents that failed it before.
+                avoid = self.store.failed_agents(build.id)
+                if avoid:
+                    headers[names.HEADER_AVOID_AGENTS] = ",".join(avoid)
+            messages[build.id] = bus.Outgoing(
+                text, bus.tasks_exchange(), names.machine_key(machine_name),
+                declare=(bus.task_queue(machine_name, declare=declare),),
+                reply_to=self.results_queue_name, correlation_id=session, headers=headers,
+            )
+        if not items:
+            return 0
+        issued = self.store.issue_many(items)
+        self._publisher.publish_many([messages[build_id] for build_id in issued])
+        return len(issued)
 
     # -- results --------------------------------------------------------------------------------
 
     def on_result(self, message: Any) -> None:
-        """A result message: commit it (once per session), then acknowledge, then mail."""
-        headers = message.headers or {}
+        """A result message: parsed now, committed with its batch (``take_results``), then acked."""
         try:
             request = ResultRequest.from_text(bus.body_text(message.body))
         except (ManifestError, UnicodeDecodeError) as e:
@@ -262,33 +303,83 @@ class Controller:
             self.store.bump("results_malformed")
             message.ack()
             return
-        build_id = self._take_result(request, headers)
-        message.ack()
-        if build_id is not None:
+        assert self._consumer is not None
+        self._consumer.pending.append((message, request))
+
+    def take_results(self, batch: list[tuple[Any, ResultRequest]]) -> None:
+        """Commit a batch of results in one transaction, then ack them, then mail.
+
+        A result is acked only after the store committed it: if the controller dies
+        in between, the broker delivers it again and the store drops the duplicate.
+        """
+        finished: list[int] = []
+        plain: list[ResultItem] = []
+        for message, request in batch:
+            headers = message.headers or {}
+            agent = headers.get(names.HEADER_AGENT)
+            status = request.result.status
+            if status is Status.INTERRUPT:
+                # The agent gave the task back without building: issue it again.
+                build = self.store.build_by_session(request.session)
+                current = build is not None and build.session == request.session
+                if build is not None and current and build.state is BuildState.LEASED:
+                    self._end_lease(build, f"interrupted: agent {agent or '?'} stopped")
+            elif status is Status.ABNORMAL and headers.get(names.HEADER_INFRA_FAILURE):
+                self._infrastructure_failure(request.session, str(headers[names.HEADER_INFRA_FAILURE]),
+                                             agent, finished)
+            else:
+                metrics = {k[len(names.HEADER_METRICS_PREFIX):]: float(v) for k, v in headers.items()
+                           if k.startswith(names.HEADER_METRICS_PREFIX)}
+                plain.append(ResultItem(
+                    request.session, request.result, agent=agent,
+                    machine_name=headers.get(names.HEADER_MACHINE_NAME),
+                    machine_summary=headers.get(names.HEADER_MACHINE_SUMMARY), metrics=metrics,
+                ))
+        if plain:
+            accepted: list[str] = []
+            for item, outcome in zip(plain, self.store.record_results(plain), strict=True):
+                if outcome is ResultOutcome.ACCEPTED:
+                    accepted.append(item.session)
+                else:
+                    log.warning("dropped result for session %s: %s", item.session, outcome.name.lower())
+            finished.extend(self.store.build_ids(accepted).values())
+        for message, _ in batch:
+            message.ack()
+        for build_id in finished:
             self._notify(build_id)
+        if finished:
             self._changed_notify()
         self.wake()
 
-    def _take_result(self, request: ResultRequest, headers: dict[str, Any]) -> int | None:
-        """Store the result; the build's id when it was accepted and finished the build."""
-        if request.result.status is Status.INTERRUPT:
-            # The agent gave the task back without building: issue it again.
-            build = self.store.build_by_session(request.session)
-            if build is not None and build.session == request.session and build.state is BuildState.LEASED:
-                self._end_lease(build, f"interrupted by agent {headers.get(names.HEADER_AGENT, '?')}")
-            return None
-        metrics = {k[len(names.HEADER_METRICS_PREFIX):]: float(v) for k, v in headers.items()
-                   if k.startswith(names.HEADER_METRICS_PREFIX)}
-        outcome = self.store.record_result(
-            request.session, request.result, agent=headers.get(names.HEADER_AGENT),
-            machine_name=headers.get(names.HEADER_MACHINE_NAME),
-            machine_summary=headers.get(names.HEADER_MACHINE_SUMMARY), metrics=metrics,
-        )
-        if outcome is not ResultOutcome.ACCEPTED:
-            log.warning("dropped result for session %s: %s", request.session, outcome.name.lower())
-            return None
-        build = self.store.build_by_session(request.session)
-        return build.id if build is not None else None
+    def _infrastructure_failure(self, session: str, reason: str, agent: str | None,
+                                finished: list[int]) -> None:
+        """The agent, not the package, failed this attempt: retry elsewhere, or give up."""
+        outcome = self.store.fail_attempt(session, reason, agent=agent, max_attempts=self.cc.max_attempts)
+        log.warning("infrastructure failure of session %s on agent %s: %s (%s)", session, agent or "?",
+                    reason, outcome.name.lower())
+        if outcome is FailOutcome.GAVE_UP:
+            build = self.store.build_by_session(session)
+            if build is not None:
+                finished.append(build.id)
+
+    def on_dead_letter(self, message: Any) -> None:
+        """A task the broker gave up on (redelivered too often): counts as a failed attempt."""
+        props = message.properties
+        session = props.get("correlation_id")
+        if props.get("reply_to") == self.results_queue_name and session:
+            finished: list[int] = []
+            self._infrastructure_failure(
+                session, f"the broker dead-lettered the task after {names.DELIVERY_LIMIT} deliveries",
+                None, finished)
+            for build_id in finished:
+                self._notify(build_id)
+            if finished:
+                self._changed_notify()
+            self.wake()
+        else:
+            log.info("dead-lettered task of controller %r (session %r): its lease brings it back",
+                     props.get("reply_to"), session)
+        message.ack()
 
     def on_announcement(self, message: Any) -> None:
         try:
@@ -296,8 +387,17 @@ class Controller:
         except (ManifestError, UnicodeDecodeError) as e:
             log.error("dropping a malformed agent announcement: %s", e)
         else:
+            headers = message.headers or {}
             known = {a.name for a in self.registry.live_agents()}
-            self.registry.announce(request)
+            try:
+                heartbeat: float | None = float(headers.get(names.HEADER_HEARTBEAT, ""))
+            except ValueError:
+                heartbeat = None
+            info = self.registry.announce(request, heartbeat=heartbeat)
+            running = [x for x in str(headers.get(names.HEADER_RUNNING_SESSIONS, "")).split(",") if x]
+            if running:
+                # The agent is alive and building these: their leases last while it announces.
+                self.store.renew(running, request.agent, info.last_seen + info.expiry)
             if request.agent not in known:
                 log.info("agent %s is up with %d machine(s)", request.agent, len(request.machines))
                 self.wake()
@@ -330,16 +430,45 @@ class Controller:
 
 
 class _ControllerConsumer(bus.ConsumerLoop):
-    """The results queue and the announcements; kombu's ConsumerMixin reconnects by itself."""
+    """The results queue, the announcements and the dead letters.
+
+    kombu's ConsumerMixin reconnects by itself. Results are taken in batches:
+    ``on_result`` parses and collects, ``on_iteration`` (between reads) commits a
+    batch when it is big or old enough, so one transaction serves many results.
+    """
+
+    SAFETY_INTERVAL = 0.02
+    BATCH_SIZE = 500
+    BATCH_AGE = 0.02  # seconds a result may wait for others to share its commit
 
     def __init__(self, controller: Controller) -> None:
         super().__init__(controller.config.broker_url)
         self.controller = controller
+        self.pending: list[tuple[Any, ResultRequest]] = []
+        self._since = 0.0
 
     def get_consumers(self, consumer_cls: type[Consumer], channel: Any) -> list[Any]:
         c = self.controller
+        declare = c.config.broker_declare
+        # Deliveries of a lost connection are redelivered by the broker: forget them here.
+        self.pending = []
         return [
-            consumer_cls(queues=[bus.results_queue(c.cc.name)], on_message=c.on_result, prefetch_count=100),
-            consumer_cls(queues=[bus.announce_queue(c.cc.name)], on_message=c.on_announcement),
+            consumer_cls(queues=[bus.results_queue(c.cc.name, declare=declare)], on_message=c.on_result,
+                         prefetch_count=2 * self.BATCH_SIZE),
+            consumer_cls(queues=[bus.announce_queue(c.cc.name, declare=declare)],
+                         on_message=c.on_announcement, prefetch_count=100),
+            consumer_cls(queues=[bus.dead_letter_queue(declare=declare)], on_message=c.on_dead_letter,
+                         prefetch_count=10),
         ]
 
+    def on_iteration(self) -> None:
+        if not self.pending:
+            self._since = 0.0
+            return
+        now = time.monotonic()
+        if not self._since:
+            self._since = now
+        if len(self.pending) >= self.BATCH_SIZE or now - self._since >= self.BATCH_AGE:
+            batch, self.pending = self.pending, []
+            self._since = 0.0
+            self.controller.take_results(batch)

@@ -786,6 +786,35 @@ class Store:
             )
         )
 
+    def renew(self, sessions: Sequence[str], agent: str, deadline: float) -> int:
+        """Extend the leases of ``sessions`` that are still current to ``deadline``; how many.
+
+        An agent's heartbeat names the sessions it is building: their leases last
+        as long as it announces, and its name goes on the attempt. A session that
+        is no longer current (expired, built) is left alone.
+        """
+        renewed = 0
+        with self._tx(write=True) as conn:
+            for chunk in _chunks(sorted(set(sessions))):
+                renewed += conn.execute(
+                    builds.update()
+                    .where(builds.c.session.in_(chunk), builds.c.state == BuildState.LEASED.value)
+                    .values(agent=agent, lease_deadline=sa.case(
+                        (builds.c.lease_deadline > deadline, builds.c.lease_deadline), else_=deadline))
+                ).rowcount
+                conn.execute(
+                    attempts.update()
+                    .where(attempts.c.session.in_(chunk), attempts.c.ended_at.is_(None))
+                    .values(agent=agent)
+                )
+        return renewed
+
+    def build_ids(self, sessions: Sequence[str]) -> dict[str, int]:
+        """The build of each known session."""
+        with self._tx(write=False) as conn:
+            found = _by_session(conn, sorted(set(sessions)), attempts.c.build_id)
+        return {s: int(b) for s, b in found.items()}
+
     def failed_agents(self, build_id: int) -> list[str]:
         """The agents whose attempts at the build ended by an infrastructure failure, first failure first."""
         with self._tx(write=False) as conn:

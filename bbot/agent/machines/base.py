@@ -6,6 +6,8 @@ import abc
 from dataclasses import dataclass
 from pathlib import Path
 
+from bbot.manifest import Result, Task
+
 
 @dataclass(frozen=True)
 class BootSpec:
@@ -29,6 +31,12 @@ class MachineBackend(abc.ABC):
     """One machine type. Methods are called in lifecycle order by the agent, one boot at a time."""
 
     type_name: str
+    # True for a machine whose worker needs no boot (the null machine): the agent asks
+    # ``instant_result`` instead of booting and waiting.
+    instant: bool = False
+
+    def instant_result(self, task: Task) -> Result:
+        raise NotImplementedError(f"machine type '{self.type_name}' must be booted")
 
     @abc.abstractmethod
     def create_snapshot(self, spec: BootSpec) -> None:
