@@ -787,11 +787,12 @@ class Store:
         )
 
     def renew(self, sessions: Sequence[str], agent: str, deadline: float) -> int:
-        """Extend the leases of ``sessions`` that are still current to ``deadline``; how many.
+        """Set the leases of ``sessions`` that are still current to end at ``deadline``; how many.
 
-        An agent's heartbeat names the sessions it is building: their leases last
-        as long as it announces, and its name goes on the attempt. A session that
-        is no longer current (expired, built) is left alone.
+        An agent's heartbeat names the sessions it is building: from then on their
+        leases last as long as it announces (shorter or longer than the first
+        lease, which only covers the wait for an agent), and its name goes on the
+        attempt. A session that is no longer current (expired, built) is left alone.
         """
         renewed = 0
         with self._tx(write=True) as conn:
@@ -799,8 +800,7 @@ class Store:
                 renewed += conn.execute(
                     builds.update()
                     .where(builds.c.session.in_(chunk), builds.c.state == BuildState.LEASED.value)
-                    .values(agent=agent, lease_deadline=sa.case(
-                        (builds.c.lease_deadline > deadline, builds.c.lease_deadline), else_=deadline))
+                    .values(agent=agent, lease_deadline=deadline)
                 ).rowcount
                 conn.execute(
                     attempts.update()
