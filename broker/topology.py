@@ -52,6 +52,8 @@ class QueueSpec:
     arguments: dict[str, Any]
     exchange: str  # the exchange this queue is bound to
     routing_key: str
+    # Queues of one connection (deleted with it): declared at run time, never provisioned.
+    exclusive: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,15 +100,22 @@ def results_queue_spec(controller: str) -> QueueSpec:
 
 
 def announce_queue_spec(controller: str) -> QueueSpec:
-    """Announcements are refreshed on every heartbeat: old ones expire, and a backlog is capped."""
+    """Announcements are state refreshed on every heartbeat: the controller's own, short-lived queue.
+
+    Exclusive to the controller's connection and not durable, so it lives on the
+    node the controller is connected to: when that node dies, the controller
+    reconnects elsewhere and declares it again (a durable classic queue would
+    stay unavailable with its home node). Old ones expire; a backlog is capped.
+    """
     check_name("controller", controller)
     return QueueSpec(
         names.announce_queue(controller),
-        durable=True,
+        durable=False,
         arguments={names.MESSAGE_TTL_ARG: names.ANNOUNCE_TTL_MS,
                    names.MAX_LENGTH_ARG: names.ANNOUNCE_MAX_LENGTH},
         exchange=names.ANNOUNCE_EXCHANGE,
         routing_key="",
+        exclusive=True,
     )
 
 
@@ -213,7 +222,8 @@ class Topology:
     def queues(self) -> list[QueueSpec]:
         return [
             *(task_queue_spec(m) for m in self.machines),
-            *(spec(c) for c in self.controllers for spec in (results_queue_spec, announce_queue_spec)),
+            # (Announcement queues are declared by their controllers at run time.)
+            *(results_queue_spec(c) for c in self.controllers),
             dead_letter_queue_spec(),
         ]
 

@@ -53,43 +53,57 @@ def connect(url: str) -> Connection:
     )
 
 
-def tasks_exchange() -> Exchange:
-    return Exchange(names.TASKS_EXCHANGE, type="direct", durable=True)
+# kombu entities built from broker.topology's specs, so names and arguments exist once.
+# declare=False: on a broker provisioned by `bbot broker apply`, least-privilege users may
+# not declare exchanges or shared queues (no_declare); the topology is already there.
+
+_EXCHANGES = {x.name: x for x in topology.exchanges()}
 
 
-def results_exchange() -> Exchange:
-    return Exchange(names.RESULTS_EXCHANGE, type="direct", durable=True)
+def _exchange(name: str, *, declare: bool) -> Exchange:
+    spec = _EXCHANGES[name]
+    return Exchange(spec.name, type=spec.type, durable=spec.durable, no_declare=not declare)
 
 
-def announce_exchange() -> Exchange:
-    return Exchange(names.ANNOUNCE_EXCHANGE, type="fanout", durable=True)
+def tasks_exchange(*, declare: bool = True) -> Exchange:
+    return _exchange(names.TASKS_EXCHANGE, declare=declare)
 
 
-def dead_letter_exchange() -> Exchange:
-    return Exchange(names.DEAD_LETTER_EXCHANGE, type="fanout", durable=True)
+def results_exchange(*, declare: bool = True) -> Exchange:
+    return _exchange(names.RESULTS_EXCHANGE, declare=declare)
 
 
-def _queue(spec: QueueSpec, exchange: Exchange, *, declare: bool) -> Queue:
-    # no_declare: on a broker provisioned by `bbot broker apply`, least-privilege users may
-    # not declare anything; the topology is already there.
+def announce_exchange(*, declare: bool = True) -> Exchange:
+    return _exchange(names.ANNOUNCE_EXCHANGE, declare=declare)
+
+
+def dead_letter_exchange(*, declare: bool = True) -> Exchange:
+    return _exchange(names.DEAD_LETTER_EXCHANGE, declare=declare)
+
+
+def _queue(spec: QueueSpec, *, declare: bool, declare_exchange: bool | None = None) -> Queue:
+    exchange = _exchange(spec.exchange, declare=declare if declare_exchange is None else declare_exchange)
     return Queue(spec.name, exchange=exchange, routing_key=spec.routing_key, durable=spec.durable,
-                 queue_arguments=dict(spec.arguments), no_declare=not declare)
+                 exclusive=spec.exclusive, auto_delete=spec.exclusive, queue_arguments=dict(spec.arguments),
+                 no_declare=not declare)
 
 
 def task_queue(machine_name: str, *, declare: bool = True) -> Queue:
-    return _queue(topology.task_queue_spec(machine_name), tasks_exchange(), declare=declare)
+    return _queue(topology.task_queue_spec(machine_name), declare=declare)
 
 
 def results_queue(controller_name: str, *, declare: bool = True) -> Queue:
-    return _queue(topology.results_queue_spec(controller_name), results_exchange(), declare=declare)
+    return _queue(topology.results_queue_spec(controller_name), declare=declare)
 
 
 def announce_queue(controller_name: str, *, declare: bool = True) -> Queue:
-    return _queue(topology.announce_queue_spec(controller_name), announce_exchange(), declare=declare)
+    # The queue is always declared: it belongs to the controller's connection, never to the
+    # provisioned topology. Its exchange only when the controller declares the topology.
+    return _queue(topology.announce_queue_spec(controller_name), declare=True, declare_exchange=declare)
 
 
 def dead_letter_queue(*, declare: bool = True) -> Queue:
-    return _queue(topology.dead_letter_queue_spec(), dead_letter_exchange(), declare=declare)
+    return _queue(topology.dead_letter_queue_spec(), declare=declare)
 
 
 def body_text(body: Any) -> str:

@@ -50,6 +50,9 @@ def test_agent_takes_tasks_and_sends_results_and_announcements_only(
     announce = announce_queue_spec(topology.controllers[0])
     with open_channel(rabbitmq, vhost) as admin:
         admin.basic_publish(names.TASKS_EXCHANGE, task.routing_key, b"a task")
+        # What a controller declares at run time (not exclusive here: another connection reads it).
+        admin.queue_declare(announce.name, durable=False, arguments=announce.arguments)
+        admin.queue_bind(announce.name, announce.exchange, announce.routing_key)
 
     with open_channel(agent, vhost) as ch:
         assert ch.basic_get(task.name, auto_ack=True)[2] == b"a task"
@@ -86,7 +89,7 @@ def test_controller_sends_tasks_and_reads_its_own_queues_only(
 
     with open_channel(controller, vhost) as ch:
         for spec in (results_queue_spec(name), announce_queue_spec(name)):  # what the runtime declares
-            ch.queue_declare(spec.name, durable=True, arguments=spec.arguments)
+            ch.queue_declare(spec.name, durable=spec.durable, exclusive=spec.exclusive, arguments=spec.arguments)
             ch.queue_bind(spec.name, spec.exchange, spec.routing_key)
             ch.basic_get(spec.name, auto_ack=True)
         # A machine name no one provisioned: the controller declares its queue before the first task.

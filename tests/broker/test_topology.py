@@ -30,7 +30,7 @@ def test_task_queue_is_a_quorum_queue_with_a_delivery_limit_bound_by_machine_nam
 
 def test_announce_queue_keeps_announcements_briefly() -> None:
     spec = announce_queue_spec("main")
-    assert spec.durable and spec.exchange == names.ANNOUNCE_EXCHANGE
+    assert not spec.durable and spec.exclusive and spec.exchange == names.ANNOUNCE_EXCHANGE
     assert spec.arguments == {"x-message-ttl": names.ANNOUNCE_TTL_MS, "x-max-length": names.ANNOUNCE_MAX_LENGTH}
 
 
@@ -46,7 +46,7 @@ def test_names_that_cannot_be_routing_keys_are_refused() -> None:
 def test_topology_lists_each_name_once() -> None:
     t = Topology.build(machines=["m1", "m2", "m1"], controllers=["main"], agents=["h1", "h1"])
     assert [q.name for q in t.queues()] == [
-        "bbot.tasks.m1", "bbot.tasks.m2", "bbot.results.main", "bbot.announce.main", "bbot.dead"]
+        "bbot.tasks.m1", "bbot.tasks.m2", "bbot.results.main", "bbot.dead"]
     assert [u.name for u in t.users()] == ["bbot-controller-main", "bbot-agent-h1"]
     renamed = Topology.build(agents=["h1"], user_names={"bbot-agent-h1": "builder"})
     assert [u.name for u in renamed.users()] == ["builder"]
