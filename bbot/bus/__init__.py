@@ -215,9 +215,9 @@ class Publisher:
         if not messages:
             return
         with self._lock:
-            self._ensured(list(messages), [False] * len(messages))
+            self._ensured(list(messages), [False] * len(messages), [0])
 
-    def _publish_batch(self, messages: list[Outgoing], confirmed: list[bool]) -> None:
+    def _publish_batch(self, messages: list[Outgoing], confirmed: list[bool], nacks: list[int]) -> None:
         channel = self._ensure_channel()
         assert self._producer is not None
         tags: dict[int, int] = {}  # delivery tag -> index in messages
@@ -227,8 +227,9 @@ class Publisher:
             if self._declare:
                 for entity in (m.exchange, *m.declare):
                     if entity.name not in self._declared:
-                        entity.maybe_bind(channel)
-                        entity.declare()
+                        # A bound copy: the message's own entity may still be bound to the
+                        # channel of a connection that died since.
+                        entity.bind(channel).declare()
                         self._declared.add(entity.name)
             self._producer.publish(
                 m.body.encode("utf-8"), exchange=m.exchange.name, routing_key=m.routing_key,
@@ -258,11 +259,16 @@ class Publisher:
             if tag <= self._acked_upto or tag in self._acked:
                 confirmed[i] = True
         if not all(confirmed):
-            log.warning("broker nacked %d message(s); publishing them again on a new channel",
-                        confirmed.count(False))
+            # E.g. a quorum queue between leaders: it nacks until one is elected. kombu's
+            # ensure() retries these without a pause, so back off here.
+            nacks[0] += 1
+            pause = min(RETRY_POLICY["interval_max"], RETRY_POLICY["interval_start"] * 2 ** nacks[0])
+            log.warning("broker nacked %d message(s); publishing them again on a new channel in %.1f s",
+                        confirmed.count(False), pause)
             with contextlib.suppress(Exception):
                 channel.close()
             self._channel = None
+            time.sleep(pause)
             raise _Republish()
 
     def ready_count(self, queue: Queue) -> int | None:
