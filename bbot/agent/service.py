@@ -433,20 +433,21 @@ class _TaskConsumer(bus.ConsumerLoop):
         self._prefetch: dict[str, int] = {}
 
     def get_consumers(self, consumer_cls: type[Consumer], channel: Any) -> list[Any]:
+        # Created without a prefetch and without consuming: on_consume_ready starts each
+        # one with its own (RabbitMQ applies basic.qos to consumers started after it).
         self._consumers = {}
         for name in self.agent.machine_names():
-            free = self.agent.free_count(name)
-            c = consumer_cls(
+            self._consumers[name] = consumer_cls(
                 queues=[bus.task_queue(name, declare=self.agent.broker_declare)],
                 on_message=lambda message, n=name: self.agent.on_task(n, message),
-                prefetch_count=max(free, 1),
                 auto_declare=self.agent.broker_declare,
             )
-            self._consumers[name] = c
-            self._prefetch[name] = max(free, 1)
+            self._prefetch[name] = 0
         return list(self._consumers.values())
 
     def on_consume_ready(self, connection: Any, channel: Any, consumers: list[Any], **kwargs: Any) -> None:
+        for consumer in consumers:
+            consumer.cancel()
         self.on_iteration()
 
     def on_iteration(self) -> None:
@@ -454,10 +455,11 @@ class _TaskConsumer(bus.ConsumerLoop):
             free = self.agent.free_count(name)
             if free == self._prefetch[name]:
                 continue
-            if free == 0:
-                consumer.cancel()  # unacked deliveries go back to the queue for other agents
-            else:
+            # A new prefetch takes effect for a consumer started after it: restart this one.
+            # (Deliveries already here stay ours until on_task acks or hands them back.)
+            if self._prefetch[name]:
+                consumer.cancel()
+            if free:
                 consumer.qos(prefetch_count=free)
-                if self._prefetch[name] == 0:
-                    consumer.consume()
+                consumer.consume()
             self._prefetch[name] = free

@@ -218,21 +218,23 @@ class Controller:
         if time.monotonic() - self._started >= grace and self._results_caught_up():
             for build in self.store.expired_leases(now):
                 self._end_lease(build, "agent lost: no result and no heartbeat within its lease")
+        # Say why builds wait for a machine nobody offers; the others may go out.
+        machine_for: dict[str, str] = {}
+        for pattern in self.store.queued_patterns():
+            machine = self.registry.machine_for(pattern)
+            if machine is None:
+                self.store.set_waiting_reason(
+                    pattern, f"waiting: no agent offers a machine matching '{pattern}'")
+            else:
+                machine_for[pattern] = machine.name
         # Keep only a little more out than the live machines can take: a task that waits
         # long in a broker queue would outlive its lease and be built twice.
         machines = sum(len(a.machines) for a in self.registry.live_agents())
         room = OUTSTANDING_PER_MACHINE * machines - self.store.count_builds(state=BuildState.LEASED)
         chosen: list[tuple[BuildRow, str]] = []
-        for build in self.store.queued_builds(limit=1000):
-            machine = self.registry.machine_for(build.machine_pattern)
-            if machine is None:
-                reason = f"waiting: no agent offers a machine matching '{build.machine_pattern}'"
-                if build.reason != reason:
-                    self.store.set_reason(build.id, reason)
-                continue
-            if len(chosen) >= room:
-                break
-            chosen.append((build, machine.name))
+        if room > 0 and machine_for:
+            for build in self.store.queued_builds(limit=min(room, 1000), patterns=list(machine_for)):
+                chosen.append((build, machine_for[build.machine_pattern]))
         return self._issue(chosen, now)
 
     def _results_caught_up(self) -> bool:
@@ -452,13 +454,16 @@ class _ControllerConsumer(bus.ConsumerLoop):
         declare = c.config.broker_declare
         # Deliveries of a lost connection are redelivered by the broker: forget them here.
         self.pending = []
+        # One prefetch for all: RabbitMQ applies a channel's last basic.qos to every
+        # consumer that starts after it, and these start together.
+        prefetch = 2 * self.BATCH_SIZE
         return [
             consumer_cls(queues=[bus.results_queue(c.cc.name, declare=declare)], on_message=c.on_result,
-                         prefetch_count=2 * self.BATCH_SIZE),
+                         prefetch_count=prefetch),
             consumer_cls(queues=[bus.announce_queue(c.cc.name, declare=declare)],
-                         on_message=c.on_announcement, prefetch_count=100),
+                         on_message=c.on_announcement, prefetch_count=prefetch),
             consumer_cls(queues=[bus.dead_letter_queue(declare=declare)], on_message=c.on_dead_letter,
-                         prefetch_count=10),
+                         prefetch_count=prefetch),
         ]
 
     def on_iteration(self) -> None:

@@ -638,6 +638,7 @@ class Store:
                     "session": item.session,
                     "lease_deadline": item.deadline,
                     "issued_at": now,
+                    "reason": None,  # whatever it waited for, it is out now
                 }
                 for item, number in leases
             ],
@@ -973,14 +974,29 @@ class Store:
         found = self._fetch(query.limit(1))
         return found[0] if found else None
 
-    def queued_builds(self, limit: int = 100) -> list[BuildRow]:
-        query = (
-            self._select_builds()
-            .where(builds.c.state == BuildState.QUEUED.value)
-            .order_by(builds.c.id)
-            .limit(limit)
-        )
-        return self._fetch(query)
+    def queued_builds(self, limit: int = 100, patterns: Sequence[str] | None = None) -> list[BuildRow]:
+        """The oldest queued builds (only those with one of ``patterns``, when given)."""
+        query = self._select_builds().where(builds.c.state == BuildState.QUEUED.value)
+        if patterns is not None:
+            query = query.where(builds.c.machine_pattern.in_(list(patterns)))
+        return self._fetch(query.order_by(builds.c.id).limit(limit))
+
+    def queued_patterns(self) -> list[str]:
+        """The machine patterns the queued builds ask for, each once."""
+        queued = builds.c.state == BuildState.QUEUED.value
+        query = sa.select(builds.c.machine_pattern).distinct().where(queued)
+        with self._tx(write=False) as conn:
+            return sorted(str(p) for (p,) in conn.execute(query))
+
+    def set_waiting_reason(self, pattern: str, reason: str) -> int:
+        """Say why the queued builds with ``pattern`` wait (only where it changes); how many."""
+        with self._tx(write=True) as conn:
+            return int(conn.execute(
+                builds.update()
+                .where(builds.c.state == BuildState.QUEUED.value, builds.c.machine_pattern == pattern,
+                       sa.or_(builds.c.reason.is_(None), builds.c.reason != reason))
+                .values(reason=reason)
+            ).rowcount)
 
     def expired_leases(self, now: float) -> list[BuildRow]:
         query = (

@@ -66,11 +66,13 @@ def run_bbot(broker: str, n: int, machines: int, root: Path) -> dict[str, float]
             last_result = conn.execute("SELECT MAX(finished_at) FROM bbot_builds").fetchone()[0]
             success = conn.execute("SELECT COUNT(*) FROM bbot_builds WHERE status = 'success'").fetchone()[0]
             attempts = conn.execute("SELECT COUNT(*) FROM bbot_attempts").fetchone()[0]
+            latency = conn.execute("SELECT AVG(b.finished_at - a.issued_at) FROM bbot_builds b "
+                                   "JOIN bbot_attempts a ON a.build_id = b.id").fetchone()[0]
     finally:
         farm.stop()
     seconds = last_result - first_issue
     return {"n": total, "seconds": seconds, "per_second": total / seconds, "success": success,
-            "attempts": attempts, "wall_from_agent_start": wall}
+            "attempts": attempts, "wall_from_agent_start": wall, "mean_latency": latency}
 
 
 def main() -> int:
@@ -85,7 +87,8 @@ def main() -> int:
         bbot = run_bbot(args.broker, args.n, args.machines, Path(tmp))
     report: dict[str, object] = {"bbot": bbot}
     print(f"bbot:   {bbot['n']} null builds in {bbot['seconds']:.2f} s = {bbot['per_second']:.0f} builds/s "
-          f"({bbot['success']} success, {bbot['attempts']} attempts)", flush=True)
+          f"({bbot['success']} success, {bbot['attempts']} attempts; mean issue-to-result "
+          f"{bbot['mean_latency'] * 1000:.0f} ms)", flush=True)
     if not args.no_celery:
         import celery_reference
 
