@@ -18,6 +18,7 @@ message is acknowledged only after the store committed it.
 from __future__ import annotations
 
 import logging
+import queue
 import re
 import shlex
 import threading
@@ -31,7 +32,7 @@ from bbot import bus
 from bbot.bus import names
 from bbot.config import BuildConfiguration, Config
 from bbot.controller.lease import BuildState
-from bbot.controller.notify import Notifier, notify_build
+from bbot.controller.notify import Notifier, notify_built
 from bbot.controller.notify.maildir import MaildirNotifier
 from bbot.controller.notify.smtp import SmtpNotifier
 from bbot.controller.registry import Registry
@@ -93,6 +94,7 @@ class Controller:
         self._consumer: _ControllerConsumer | None = None
         self._pollers: list[GitPoller] = []
         self._started = time.monotonic()
+        self._mail_queue: queue.Queue[int | None] = queue.Queue()
 
     def _make_notifier(self) -> Notifier:
         smtp = self.config.email.smtp
@@ -115,7 +117,8 @@ class Controller:
         self._publisher = bus.Publisher(self.config.broker_url, declare=self.config.broker_declare)
         self._consumer = _ControllerConsumer(self)
         for target, name in ((self._consumer.run, "controller-consumer"),
-                             (self._schedule_loop, "controller-scheduler")):
+                             (self._schedule_loop, "controller-scheduler"),
+                             (self._mail_loop, "controller-mailer")):
             t = threading.Thread(target=target, name=name, daemon=True)
             self._threads.append(t)
             t.start()
@@ -132,6 +135,10 @@ class Controller:
             poller.stop()
         if self._consumer is not None:
             self._consumer.should_stop = True
+        for t in self._threads:
+            if t.name != "controller-mailer":
+                t.join(timeout=30)
+        self._mail_queue.put(None)  # after what is queued: every finished build is mailed
         for t in self._threads:
             t.join(timeout=30)
         self._threads.clear()
@@ -406,11 +413,35 @@ class Controller:
         message.ack()
 
     def _notify(self, build_id: int) -> None:
-        try:
-            notify_build(self.store, build_id, self.notifier, base_url=self.base_url,
-                         sender=self.config.email.sender, build_email=self.config.email.build_email)
-        except Exception:
-            log.exception("notification for build %d failed", build_id)
+        """Mail about a finished build, on the mailer thread: a slow SMTP server must not hold
+        up taking results in."""
+        self._mail_queue.put(build_id)
+
+    def _mail_loop(self) -> None:
+        done = False
+        while not done:
+            # Everything queued by now, read from the store at once.
+            ids = [self._mail_queue.get()]
+            while True:
+                try:
+                    ids.append(self._mail_queue.get_nowait())
+                except queue.Empty:
+                    break
+            done = None in ids
+            try:
+                for build in self.store.get_builds([i for i in ids if i is not None]):
+                    try:
+                        notify_built(self.store, build, self.notifier, base_url=self.base_url,
+                                     sender=self.config.email.sender,
+                                     build_email=self.config.email.build_email)
+                    except Exception:
+                        log.exception("notification for build %d failed", build.id)
+            except Exception:
+                log.exception("notifications for builds %s failed", ids)
+            finally:
+                for _ in ids:
+                    self._mail_queue.task_done()
+                self._changed_notify()
 
     # -- waiting (for `bbot up --once`, tests and benchmarks) ---------------------------------------
 
@@ -423,7 +454,8 @@ class Controller:
         ids = list(set_ids)
         deadline = time.monotonic() + timeout
         with self._changed:
-            while self.store.unfinished_count(ids) > 0:
+            # Done means built and mailed.
+            while self.store.unfinished_count(ids) > 0 or self._mail_queue.unfinished_tasks:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False

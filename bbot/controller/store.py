@@ -1009,6 +1009,13 @@ class Store:
     def get_build(self, build_id: int) -> BuildRow | None:
         return self._fetch_one(self._select_builds().where(builds.c.id == build_id))
 
+    def get_builds(self, build_ids: Sequence[int]) -> list[BuildRow]:
+        """The builds with these ids (those that exist), in one read."""
+        found: list[BuildRow] = []
+        for chunk in _chunks(sorted(set(build_ids))):
+            found.extend(self._fetch(self._select_builds().where(builds.c.id.in_(chunk))))
+        return found
+
     def build_by_session(self, session: str) -> BuildRow | None:
         owner = sa.select(attempts.c.build_id).where(attempts.c.session == session)
         return self._fetch_one(self._select_builds().where(builds.c.id.in_(owner)))

@@ -56,6 +56,22 @@ def notify_build(
     if build is None or build.state is not BuildState.BUILT:
         log.warning("no email for build %d: it is not built", build_id)
         return []
+    return notify_built(store, build, notifier, base_url=base_url, sender=sender, build_email=build_email)
+
+
+def notify_built(
+    store: Store,
+    build: BuildRow,
+    notifier: Notifier,
+    *,
+    base_url: str,
+    sender: str,
+    build_email: Sequence[str],
+) -> list[str]:
+    """``notify_build`` for a build already read from the store (the controller reads many at once)."""
+    if not rules.may_mail(kind=build.kind, status=build.status, build_email=build_email,
+                          author_email=build.author_email, submitter_email=build.submitter_email):
+        return []
     to = rules.recipients(
         kind=build.kind,
         status=build.status,
@@ -67,12 +83,12 @@ def notify_build(
     if not to:
         return []
     msg = message.compose(
-        build, store.operations(build_id), base_url=base_url, sender=sender, recipients=to
+        build, store.operations(build.id), base_url=base_url, sender=sender, recipients=to
     )
     try:
         notifier.send(msg)
     except Exception:
-        log.exception("email about build %d to %s failed", build_id, ", ".join(to))
+        log.exception("email about build %d to %s failed", build.id, ", ".join(to))
         store.bump("emails_failed")
         return []
     store.bump("emails_sent")

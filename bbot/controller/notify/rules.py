@@ -31,6 +31,15 @@ def counts_as_previous(status: Status | None) -> bool:
     return status is not None and status not in SILENT_STATUSES
 
 
+def may_mail(*, kind: str, status: Status | None, build_email: Sequence[str],
+             author_email: str | None = None, submitter_email: str | None = None) -> bool:
+    """Whether ``recipients`` can name anyone, whatever the previous status (spares looking it up)."""
+    if status is None or status in SILENT_STATUSES:
+        return False
+    return bool(build_email or (kind == "git" and author_email and status >= Status.WARNING)
+                or (kind == "submit" and submitter_email))
+
+
 def recipients(
     *,
     kind: str,
