@@ -91,6 +91,7 @@ class DevFarm:
     controller_settings: dict[str, Any] = field(default_factory=dict)
     agent_settings: dict[str, Any] = field(default_factory=dict)
     controller_name: str = "main"
+    agent_broker_url: str | None = None  # None: the controller's (e.g. another user's credentials)
     declare: bool = True
     store_url: str | None = None
     web_port: int = 0
@@ -111,10 +112,11 @@ class DevFarm:
         path.write_text(yaml.safe_dump(document, sort_keys=False))
         return path
 
-    def _common(self) -> dict[str, Any]:
+    def _common(self, broker_url: str | None = None) -> dict[str, Any]:
+        url = broker_url or self.broker_url
         document: dict[str, Any] = {
             "data_dir": str(self.data),
-            "broker": {"urls": self.broker_url.split(";"), "declare": self.declare},
+            "broker": {"urls": url.split(";"), "declare": self.declare},
         }
         if self.store_url:
             document["store"] = {"url": self.store_url}
@@ -137,7 +139,7 @@ class DevFarm:
 
     def add_agent(self, name: str, machines: Sequence[dict[str, Any]]) -> Proc:
         config = self._write(f"agent-{name}", {
-            **self._common(),
+            **self._common(self.agent_broker_url),
             "data_dir": str(self.root / f"agent-{name}"),
             "controller": {"name": self.controller_name},
             "agent": {"name": name, **self.agent_settings, "machines": list(machines)},

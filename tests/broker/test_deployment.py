@@ -1,0 +1,66 @@
+"""A datacenter deployment end to end: provisioned topology, least-privilege users, separate processes.
+
+`bbot broker users` and `bbot broker apply` prepare a vhost as the README says;
+then `bbot controller` and `bbot agent`, each with its own broker user and
+``broker.declare: false``, build a package there.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from pathlib import Path
+
+import yaml
+
+from bbot.cli import main as bbot_main
+from bbot.devfarm import DevFarm
+from broker.apply import Rabbitmqctl, verify
+from broker.topology import Topology
+from tests.conftest import git_repo
+
+
+def test_controller_and_agent_build_with_least_privilege_users_on_a_provisioned_vhost(
+        rabbitmq: str, ctl: Rabbitmqctl, vhost: str, unique: str, tmp_path: Path) -> None:
+    machine, controller, agent = f"linux-{unique}", f"c-{unique}", f"a-{unique}"
+    passwords = {f"bbot-controller-{controller}": f"cpw-{unique}", f"bbot-agent-{agent}": f"apw-{unique}"}
+    password_file = tmp_path / "passwords.yaml"
+    password_file.write_text(yaml.safe_dump(passwords))
+    quoted = urllib.parse.quote(vhost, safe="")
+    admin = f"amqp://guest:guest@127.0.0.1:5672/{quoted}"
+    names = ["--url", admin, "--vhost", vhost, "--machine", machine, "--controller", controller,
+             "--agent", agent]
+    try:
+        assert bbot_main(["broker", "users", *names, "--password-file", str(password_file)]) == 0
+        assert bbot_main(["broker", "apply", *names]) == 0
+        topology = Topology.build(vhost=vhost, machines=[machine], controllers=[controller], agents=[agent])
+        assert verify(admin, topology) == []
+
+        repo = tmp_path / "hello"
+        git_repo(repo, {"Makefile": "all:\n\t@echo built\ncheck:\n\t@true\ninstall:\n\t@true\n"})
+        farm = DevFarm(
+            tmp_path / "farm",
+            f"amqp://bbot-controller-{controller}:cpw-{unique}@127.0.0.1:5672/{quoted}",
+            agent_broker_url=f"amqp://bbot-agent-{agent}:apw-{unique}@127.0.0.1:5672/{quoted}",
+            controller_name=controller, declare=False,
+            configurations=[{"name": "default", "machine": "linux-*", "target": "x86_64-linux-gnu"}],
+            agent_settings={"heartbeat": 0.5},
+        )
+        try:
+            farm.start_controller()
+            agent_proc = farm.add_agent(agent, [{"id": "m1", "name": machine, "type": "process",
+                                                 "summary": "this host"}])
+            farm.submit(str(repo))
+            assert farm.controller is not None
+            farm.wait_built(1, timeout=120, watch=[farm.controller, agent_proc])
+            with farm.db() as conn:
+                assert conn.execute("SELECT status, agent FROM bbot_builds").fetchall() == [("success", agent)]
+        finally:
+            farm.stop()
+        # Nobody needed more than their permissions: no access refusal in either log.
+        for log in (tmp_path / "farm").glob("*.log"):
+            assert "ACCESS_REFUSED" not in log.read_text(), log.name
+        # And the runtime left the provisioned topology as it was.
+        assert verify(admin, topology) == []
+    finally:
+        for user in passwords:
+            ctl.run("delete_user", user)
