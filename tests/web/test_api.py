@@ -131,3 +131,10 @@ def test_submit_is_404_without_a_hook(tmp_path: Path) -> None:
 def test_healthz(site: Site) -> None:
     answer = site.get("/healthz")
     assert (answer.status, answer.text) == (200, "ok\n")
+
+
+def test_counters_say_what_was_dropped(site: Site) -> None:
+    site.store.bump("results_dropped_duplicate", 2)
+    answer = site.get("/api/counters")
+    assert answer.status == 200
+    assert answer.json()["results_dropped_duplicate"] == 2

@@ -93,6 +93,12 @@ def register(app: Flask) -> None:
         return jsonify({"items": items, "total": found.count_builds(**filters),
                         "limit": limit, "offset": offset})
 
+    @app.get("/api/counters")
+    def api_counters() -> Response:
+        """What the controller dropped or did besides builds: duplicate, stale and malformed
+        results, emails sent and failed (operators alert on these)."""
+        return jsonify(store().counters())
+
     @app.get("/api/builds/<int:build_id>")
     def api_build(build_id: int) -> Response | tuple[Response, int]:
         found = store()
