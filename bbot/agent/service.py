@@ -17,6 +17,7 @@ import secrets
 import shutil
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +93,7 @@ class Agent:
         self.toolchain_version = toolchain_version
         self.backends = backends or make_backends()
         self.slots = [Slot(m) for m in config.machines]
+        self._free = Counter(s.machine.name for s in self.slots)  # free machines by name, under _lock
         if not self.slots:
             raise ValueError("the agent has no machines: add agent.machines to the configuration")
         for slot in self.slots:
@@ -189,7 +191,12 @@ class Agent:
 
     def free_count(self, machine_name: str) -> int:
         with self._lock:
-            return sum(1 for s in self.slots if s.free and s.machine.name == machine_name)
+            return self._free[machine_name]
+
+    def _release(self, slot: Slot) -> None:
+        with self._lock:
+            slot.boot = slot.session = None
+            self._free[slot.machine.name] += 1
 
     def on_task(self, machine_name: str, message: Any) -> None:
         """A task message for ``machine_name``: take it onto a free machine, or give it back."""
@@ -221,6 +228,7 @@ class Agent:
             if slot is not None:
                 slot.boot = BootLife(boot_id=f"{slot.machine.id}-{secrets.token_hex(6)}")
                 slot.session = session
+                self._free[machine_name] -= 1
         if slot is None:
             message.requeue()
             return
@@ -242,8 +250,7 @@ class Agent:
                       MachineEvent.DISCARD):
             life.move(event)
         result = backend.instant_result(task)
-        with self._lock:
-            slot.boot = slot.session = None
+        self._release(slot)
         self._publish_result(ResultRequest(session=session, result=result), reply_to, slot,
                              {"agent-seconds": time.monotonic() - started})
 
@@ -289,8 +296,7 @@ class Agent:
             shutil.rmtree(boot_dir, ignore_errors=True)
             self._pending.pop(life.boot_id, None)
             life.move(MachineEvent.DISCARD)
-            with self._lock:
-                slot.boot = slot.session = None
+            self._release(slot)
         infrastructure: str | None = None
         if self._stopping.is_set() and life.failure is not None:
             result = Result(task.name, task.version, Status.INTERRUPT)

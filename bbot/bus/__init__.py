@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kombu import Connection, Exchange, Producer, Queue
+from kombu import Connection, Exchange, Queue
 from kombu.mixins import ConsumerMixin
 
 from bbot.bus import names
@@ -151,7 +151,6 @@ class Publisher:
         self._declare = declare
         self._lock = threading.Lock()
         self._channel: Any = None
-        self._producer: Producer | None = None
         self._declared: set[str] = set()
         self._last_tag = 0  # the delivery tag of the last message published on this channel
         self._acked: set[int] = set()
@@ -172,7 +171,6 @@ class Publisher:
     def revive(self, channel: Any) -> None:
         """kombu's ``ensure`` hands over a new channel after reconnecting."""
         self._channel = channel
-        self._producer = Producer(channel)
         self._declared.clear()
         self._last_tag = self._acked_upto = 0
         self._acked.clear()
@@ -219,7 +217,6 @@ class Publisher:
 
     def _publish_batch(self, messages: list[Outgoing], confirmed: list[bool], nacks: list[int]) -> None:
         channel = self._ensure_channel()
-        assert self._producer is not None
         tags: dict[int, int] = {}  # delivery tag -> index in messages
         for i, m in enumerate(messages):
             if confirmed[i]:
@@ -231,12 +228,16 @@ class Publisher:
                         # channel of a connection that died since.
                         entity.bind(channel).declare()
                         self._declared.add(entity.name)
-            self._producer.publish(
-                m.body.encode("utf-8"), exchange=m.exchange.name, routing_key=m.routing_key,
-                content_type=MANIFEST_CONTENT_TYPE, content_encoding="utf-8",
-                delivery_mode=2 if m.persistent else 1, reply_to=m.reply_to,
-                correlation_id=m.correlation_id, headers=dict(m.headers or {}),
-            )
+            # What kombu's Producer.publish does, without its per-message serializer and
+            # declaration bookkeeping: the body is text already, the entities declared above.
+            properties: dict[str, Any] = {"delivery_mode": 2 if m.persistent else 1}
+            if m.reply_to:
+                properties["reply_to"] = m.reply_to
+            if m.correlation_id:
+                properties["correlation_id"] = m.correlation_id
+            message = channel.prepare_message(m.body.encode("utf-8"), None, MANIFEST_CONTENT_TYPE, "utf-8",
+                                              dict(m.headers or {}), properties)
+            channel.basic_publish(message, exchange=m.exchange.name, routing_key=m.routing_key)
             if self._confirms:
                 self._last_tag += 1
                 tags[self._last_tag] = i
@@ -309,7 +310,6 @@ class Publisher:
         if self._keepalive is not None:
             self._keepalive.join(timeout=5)
         with self._lock:
-            self._producer = None
             self._channel = None
             self._connection.release()
 

@@ -95,6 +95,8 @@ class Controller:
         self._pollers: list[GitPoller] = []
         self._started = time.monotonic()
         self._mail_queue: queue.Queue[int | None] = queue.Queue()
+        # kombu's in-memory transport acks one delivery at a time, whatever ``multiple`` says.
+        self._ack_multiple = not config.broker_url.startswith("memory://")
 
     def _make_notifier(self) -> Notifier:
         smtp = self.config.email.smtp
@@ -352,8 +354,13 @@ class Controller:
                 else:
                     log.warning("dropped result for session %s: %s", item.session, outcome.name.lower())
             finished.extend(self.store.build_ids(accepted).values())
-        for message, _ in batch:
-            message.ack()
+        if self._ack_multiple and batch:
+            # One frame for the whole batch: every earlier delivery on this channel is either
+            # in it or was acked when it came (announcements, dead letters, malformed results).
+            batch[-1][0].ack(multiple=True)
+        else:
+            for message, _ in batch:
+                message.ack()
         for build_id in finished:
             self._notify(build_id)
         if finished:

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bbot.devfarm import DevFarm  # noqa: E402
 
-CONFIGURATIONS = 25  # builds per submission
+CONFIGURATIONS = 100  # builds per submission
 
 
 def run_bbot(broker: str, n: int, machines: int, root: Path) -> dict[str, float]:
