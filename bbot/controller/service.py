@@ -95,6 +95,8 @@ class Controller:
         self._pollers: list[GitPoller] = []
         self._started = time.monotonic()
         self._mail_queue: queue.Queue[int | None] = queue.Queue()
+        self._patterns: set[str] = set()
+        self._patterns_read_at = 0.0
         # kombu's in-memory transport acks one delivery at a time, whatever ``multiple`` says.
         self._ack_multiple = not config.broker_url.startswith("memory://")
 
@@ -229,7 +231,7 @@ class Controller:
                 self._end_lease(build, "agent lost: no result and no heartbeat within its lease")
         # Say why builds wait for a machine nobody offers; the others may go out.
         machine_for: dict[str, str] = {}
-        for pattern in self.store.queued_patterns():
+        for pattern in self._queued_patterns(now):
             machine = self.registry.machine_for(pattern)
             if machine is None:
                 self.store.set_waiting_reason(
@@ -245,6 +247,14 @@ class Controller:
             for build in self.store.queued_builds(limit=min(room, 1000), patterns=list(machine_for)):
                 chosen.append((build, machine_for[build.machine_pattern]))
         return self._issue(chosen, now)
+
+    def _queued_patterns(self, now: float) -> set[str]:
+        """The machine patterns queued builds ask for: read from the store once a second (it
+        scans every queued build), with the current configurations' patterns always in."""
+        if now - self._patterns_read_at >= 1.0:
+            self._patterns = set(self.store.queued_patterns())
+            self._patterns_read_at = now
+        return self._patterns | {c.machine for c in self.config.configurations}
 
     def _results_caught_up(self) -> bool:
         """True when no result waits to be taken in: only then may a lease be called lost.
