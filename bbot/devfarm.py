@@ -193,17 +193,22 @@ class DevFarm:
             rows = conn.execute("SELECT state, COUNT(*) FROM bbot_builds GROUP BY state").fetchall()
         return {str(state): int(n) for state, n in rows}
 
-    def wait_built(self, n: int, timeout: float, *, watch: Sequence[Proc] = ()) -> float:
+    def built_count(self) -> int:
+        with self.db() as conn:  # counted on the (state, lease_deadline) index
+            return int(conn.execute("SELECT COUNT(*) FROM bbot_builds WHERE state = ?",
+                                    (BuildState.BUILT.value,)).fetchone()[0])
+
+    def wait_built(self, n: int, timeout: float, *, watch: Sequence[Proc] = (), poll: float = 0.05) -> float:
         """Wait until ``n`` builds are built; returns the seconds waited."""
         start = time.monotonic()
         deadline = start + timeout
         while True:
             with contextlib.suppress(sqlite3.OperationalError):
-                if self.counts().get(BuildState.BUILT.value, 0) >= n:
+                if self.built_count() >= n:
                     return time.monotonic() - start
             for proc in watch:
                 if not proc.alive:
                     raise RuntimeError(f"{proc.name} died:\n{proc.log_tail()}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"only {self.counts()} of {n} builds after {timeout:g} s")
-            time.sleep(0.05)
+            time.sleep(poll)
