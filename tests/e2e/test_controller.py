@@ -98,8 +98,14 @@ def farm_with_silent_agent(config: Config, unique: str) -> Farm:
     """A farm without its own agent, whose only agent announces a machine and never answers."""
     farm = start_farm(config, with_agent=False)
     try:
-        announce(config.broker_url, f"silent-{unique}", f"linux_{unique}-gcc")
-        wait_until(lambda: farm.controller.registry.live_agents() != [], 10, "the announcement")
+        # Announced until heard, as an agent's heartbeat is: the controller's announcement
+        # queue may not exist yet when the first one goes out.
+        def heard() -> bool:
+            announce(config.broker_url, f"silent-{unique}", f"linux_{unique}-gcc")
+            time.sleep(0.1)
+            return farm.controller.registry.live_agents() != []
+
+        wait_until(heard, 10, "the announcement")
     except BaseException:
         farm.stop()
         raise
@@ -196,3 +202,43 @@ def test_embedded_restart_reissues_the_tasks_that_were_out(tmp_path: Path, uniqu
         assert attempts[0].detail == "the in-memory broker did not survive a restart"
     finally:
         second.stop()
+
+
+def test_a_task_redelivered_too_often_is_dead_lettered_and_counts_as_a_failed_attempt(
+        tmp_path: Path, unique: str, rabbitmq: str) -> None:
+    # On RabbitMQ: a "consumer" that takes the task and hands it back every time, as an agent
+    # that crashes before its ack would. The quorum queue gives up after DELIVERY_LIMIT returns.
+    config = config_for(tmp_path, unique, broker_url=rabbitmq)
+    config = replace(config, controller=replace(config.controller, lease_timeout=300, max_attempts=2),
+                     agent=replace(config.agent, heartbeat=60))
+    git_repo(tmp_path / "p", GOOD)
+    farm = farm_with_silent_agent(config, unique)
+    store = farm.controller.store
+    returned = 0
+    try:
+        set_id = farm.controller.submit(str(tmp_path / "p"))
+        (build,) = store.set_builds(set_id)
+        queue = bus.task_queue(f"linux_{unique}-gcc")
+        # The controller declares the task queue with its first task (and a quorum queue's
+        # process starts just after): wait until the task is there.
+        wait_until(lambda: store.count_builds(state=BuildState.LEASED) == 1, 30, "the task to go out")
+        with bus.connect(rabbitmq) as conn, conn.channel() as channel:
+            wait_until(lambda: channel.queue_declare(queue=queue.name, passive=True)[1] == 1, 30,
+                       "the task in its queue")
+            deadline = time.monotonic() + 60
+            while store.attempts(build.id)[0].outcome is None:
+                assert time.monotonic() < deadline, "the task was never dead-lettered"
+                message = queue(channel).get()
+                if message is None:
+                    time.sleep(0.05)
+                    continue
+                message.requeue()
+                returned += 1
+        assert returned == names.DELIVERY_LIMIT + 1
+        first = store.attempts(build.id)[0]
+        assert (first.outcome, first.infrastructure) == ("failed", True)
+        assert first.detail is not None and "dead-lettered" in first.detail
+        # Attempt 2 goes out as usual (and, with nobody answering, stays out).
+        wait_until(lambda: len(store.attempts(build.id)) == 2, 10, "the second attempt")
+    finally:
+        farm.stop()
