@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import amqp.exceptions
+
 from bbot import bus
 from bbot.bus import names
 from bbot.config import (
@@ -221,10 +223,15 @@ def test_a_task_redelivered_too_often_is_dead_lettered_and_counts_as_a_failed_at
         queue = bus.task_queue(f"linux_{unique}-gcc")
         # The controller declares the task queue with its first task (and a quorum queue's
         # process starts just after): wait until the task is there.
-        wait_until(lambda: store.count_builds(state=BuildState.LEASED) == 1, 30, "the task to go out")
+        def waiting() -> int:
+            with bus.connect(rabbitmq) as conn, conn.channel() as channel:
+                try:
+                    return int(channel.queue_declare(queue=queue.name, passive=True)[1])
+                except amqp.exceptions.NotFound:
+                    return 0
+
+        wait_until(lambda: waiting() == 1, 30, "the task in its queue")
         with bus.connect(rabbitmq) as conn, conn.channel() as channel:
-            wait_until(lambda: channel.queue_declare(queue=queue.name, passive=True)[1] == 1, 30,
-                       "the task in its queue")
             deadline = time.monotonic() + 60
             while store.attempts(build.id)[0].outcome is None:
                 assert time.monotonic() < deadline, "the task was never dead-lettered"
