@@ -75,7 +75,9 @@ def test_git_source_builds_new_commits_and_mails_the_author_who_broke_it(tmp_pat
         assert bad.status is Status.ERROR
         ops = {o.name: o for o in store.operations(bad.id)}
         assert "error: it broke" in ops["update"].log
+        # Mail goes out from the controller's mailer thread, just after the build is stored.
         box = mailbox.Maildir(config.data_dir / "outbox", create=False)
+        wait_until(lambda: len(list(box)) == 2, 30, "the mail about both builds")
         mails = list(box)
         to_bob = [m for m in mails if "bob@example.org" in (m["To"] or "")]
         assert len(to_bob) == 1
