@@ -37,7 +37,7 @@ RETRY_POLICY: dict[str, Any] = {
 }
 
 
-def connect(url: str) -> Connection:
+def connect(url: str, heartbeat: float = HEARTBEAT) -> Connection:
     """A connection for ``url`` (``;`` separates failover alternatives)."""
     if url.startswith("memory://"):
         # In one process: poll often, the queues are plain Python objects.
@@ -46,7 +46,7 @@ def connect(url: str) -> Connection:
     # Confirms are handled by Publisher itself (batched), not by kombu's one-by-one option.
     return Connection(
         url,
-        heartbeat=HEARTBEAT,
+        heartbeat=heartbeat,
         transport_options={"max_retries": 3},
         failover_strategy="round-robin",
         connect_timeout=5,
@@ -145,8 +145,10 @@ class Publisher:
     duplicates by session.
     """
 
-    def __init__(self, url: str, *, declare: bool = True) -> None:
-        self._connection = connect(url)
+    def __init__(self, url: str, *, declare: bool = True, heartbeat: float = HEARTBEAT) -> None:
+        self._connection = connect(url, heartbeat)
+        self._heartbeat = heartbeat
+        self.reconnects = 0  # connections lost and made again (for tests and diagnostics)
         self._confirms = not url.startswith("memory://")
         self._declare = declare
         self._lock = threading.Lock()
@@ -198,6 +200,7 @@ class Publisher:
         self._nacked = True
 
     def _on_connection_error(self, exc: Exception, interval: float) -> None:
+        self.reconnects += 1
         log.warning("broker connection lost (%s); reconnecting in %.1f s", exc, interval)
 
     # -- publishing ---------------------------------------------------------------------------------
@@ -289,7 +292,7 @@ class Publisher:
 
     def _keep_alive(self) -> None:
         """Answer the broker's heartbeats while nothing is published (e.g. during a long build)."""
-        interval = max(1.0, HEARTBEAT / 4)
+        interval = min(max(0.2, self._heartbeat / 4), 10.0)
         while not self._closed.wait(interval):
             with self._lock:
                 if self._channel is None or not self._connection.connected:
@@ -301,6 +304,7 @@ class Publisher:
                 except Exception as e:
                     # The next publish reconnects through ensure().
                     log.info("broker connection idle check failed (%s); will reconnect on next publish", e)
+                    self.reconnects += 1
                     self._channel = None
                     with contextlib.suppress(Exception):
                         self._connection.collect()
