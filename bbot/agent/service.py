@@ -128,11 +128,28 @@ class Agent:
         log.info("agent %s: TFTP on %s:%d, %d machine(s)", self.config.name, self.config.tftp_host,
                  self.tftp.port, len(self.slots))
         self._publisher = bus.Publisher(self.broker_url, declare=self.broker_declare)
+        if not self.broker_declare:
+            self._leave_out_unprovisioned()
         self._outbox = _Outbox(bus.Publisher(self.broker_url, declare=self.broker_declare), self.config.name)
         self._outbox.start()
         self._consumer = _TaskConsumer(self)
         self._spawn(self._consumer.run, "agent-consumer")
         self._spawn(self._heartbeat, "agent-heartbeat")
+
+    def _leave_out_unprovisioned(self) -> None:
+        """On a provisioned broker, machines whose task queue is missing are left out (not
+        consumed, not announced) instead of stopping the agent's other machines."""
+        assert self._publisher is not None
+        missing = [name for name in self.machine_names()
+                   if self._publisher.ready_count(bus.task_queue(name, declare=False)) is None]
+        for name in missing:
+            log.error("agent %s: the broker has no queue %s, so machine name '%s' is left out; "
+                      "provision it (bbot broker apply --machine %s) and restart the agent",
+                      self.config.name, names.task_queue(name), name, name)
+        self.slots = [s for s in self.slots if s.machine.name not in missing]
+        if not self.slots:
+            raise RuntimeError(f"agent {self.config.name}: no machine has a task queue on the broker; "
+                               "provision them with `bbot broker apply`")
 
     def stop(self) -> None:
         """Stop taking tasks, interrupt running boots (their tasks go back), release everything."""

@@ -96,6 +96,7 @@ class Controller:
         self._started = time.monotonic()
         self._mail_queue: queue.Queue[int | None] = queue.Queue()
         self._patterns: set[str] = set()
+        self._queues_seen: set[str] = set()
         self._patterns_read_at = 0.0
         # kombu's in-memory transport acks one delivery at a time, whatever ``multiple`` says.
         self._ack_multiple = not config.broker_url.startswith("memory://")
@@ -236,6 +237,11 @@ class Controller:
             if machine is None:
                 self.store.set_waiting_reason(
                     pattern, f"waiting: no agent offers a machine matching '{pattern}'")
+            elif not self._task_queue_exists(machine.name):
+                queue = names.task_queue(machine.name)
+                self.store.set_waiting_reason(
+                    pattern, f"waiting: the broker has no queue {queue} for machine '{machine.name}'; "
+                             f"provision it: bbot broker apply --machine {machine.name}")
             else:
                 machine_for[pattern] = machine.name
         # Keep only a little more out than the live machines can take: a task that waits
@@ -255,6 +261,17 @@ class Controller:
             self._patterns = set(self.store.queued_patterns())
             self._patterns_read_at = now
         return self._patterns | {c.machine for c in self.config.configurations}
+
+    def _task_queue_exists(self, machine_name: str) -> bool:
+        """On a provisioned broker (``broker.declare: false``) a task for a machine name with no
+        queue would be dropped by the exchange: hold such builds back, with the fix as reason."""
+        if self.config.broker_declare or machine_name in self._queues_seen:
+            return True
+        assert self._publisher is not None
+        if self._publisher.ready_count(bus.task_queue(machine_name, declare=False)) is None:
+            return False
+        self._queues_seen.add(machine_name)
+        return True
 
     def _results_caught_up(self) -> bool:
         """True when no result waits to be taken in: only then may a lease be called lost.
