@@ -20,15 +20,18 @@ from bbot.controller.lease import BuildState
 from bbot.farm import Farm, start_farm
 from bbot.manifest.status import Status
 from tests.conftest import SAMPLE, git_repo
+from tests.store.databases import postgres_url
 
 pytestmark = pytest.mark.slow
 
 
-def make_farm(tmp_path: Path, unique: str, broker_url: str = "memory://") -> Farm:
+def make_farm(tmp_path: Path, unique: str, broker_url: str = "memory://",
+              store_url: str | None = None) -> Farm:
     base = load_config(None, data_dir=tmp_path / "data")
     config = replace(
         base,
         broker_url=broker_url,
+        store_url=store_url,
         web=WebConfig("127.0.0.1", 0),
         controller=replace(base.controller, name=f"c-{unique}", schedule_interval=0.05),
         agent=AgentConfig(
@@ -102,6 +105,18 @@ def test_sample_builds_on_rabbitmq(tmp_path: Path, unique: str, rabbitmq: str) -
         check_sample_farm(f, tmp_path)
     finally:
         f.stop()
+
+
+@pytest.mark.rabbitmq
+def test_sample_builds_on_rabbitmq_with_the_store_on_postgresql(tmp_path: Path, unique: str,
+                                                                 rabbitmq: str) -> None:
+    # The datacenter setup: pages, results and email all from a PostgreSQL store.
+    with postgres_url() as store_url:
+        f = make_farm(tmp_path, unique, broker_url=rabbitmq, store_url=store_url)
+        try:
+            check_sample_farm(f, tmp_path)
+        finally:
+            f.stop()
 
 
 BROKEN = {
