@@ -9,13 +9,15 @@ a Maildir outbox, ``process`` build machines.
 Example (every key is optional)::
 
     data_dir: /var/lib/bbot
-    broker: {url: "amqp://bbot:secret@mq1:5672//;amqp://bbot:secret@mq2:5672//"}
+    broker:
+      urls: ["amqp://bbot:secret@mq1:5672/bbot", "amqp://bbot:secret@mq2:5672/bbot"]  # failover
+      declare: false        # the broker was provisioned by `bbot broker apply`
     store: {url: "postgresql+psycopg://bbot@db/bbot"}
     controller:
       name: main
       base_url: https://ci.example.org/
-      lease_timeout: 3600
-      max_attempts: 3
+      lease_timeout: 3600   # how long a task may wait for an agent to take it
+      max_attempts: 3       # issues of one build before it ends abnormal
       toolchain: {name: public, version: 0.1.0}
     web: {host: 0.0.0.0, port: 8080}
     email:
@@ -33,8 +35,12 @@ Example (every key is optional)::
       name: host1
       tftp: {host: 127.0.0.1, port: 0}
       build_timeout: 1800
+      heartbeat: 5          # announcements; three missed ones and its builds are leased again
       machines:
         - {id: m1, name: linux_debian_12-gcc_12, summary: "Debian 12, GCC 12", type: process}
+        - {id: n1, name: null-x86_64, type: null}   # reports success at once: for benchmarks
+
+``broker.url`` (a string, ``;`` between failover URLs) may stand for ``broker.urls``.
 """
 
 from __future__ import annotations

@@ -89,3 +89,19 @@ def test_shipped_example_configurations_parse() -> None:
     config = load_config(root / "docker" / "farm.yaml")
     assert config.broker_url.startswith("amqp://")
     assert [c.name for c in config.configurations] == ["gcc-release", "gcc-debug"]
+
+
+def test_broker_urls_fail_over_and_declare_is_a_boolean(tmp_path: Path) -> None:
+    config = parse_config({"broker": {"urls": ["amqp://a:5672//", "amqp://b:5672//"], "declare": False}},
+                          data_dir=tmp_path)
+    assert (config.broker_url, config.broker_declare) == ("amqp://a:5672//;amqp://b:5672//", False)
+    with pytest.raises(ConfigError) as e:
+        parse_config({"broker": {"url": "amqp://a//", "urls": ["amqp://b//"], "declare": "no"}},
+                     data_dir=tmp_path)
+    assert e.value.problems == [
+        "broker.urls: give either broker.url or broker.urls (a list for failover), not both",
+        "broker.declare: expected true or false, got 'no'",
+    ]
+    with pytest.raises(ConfigError) as e:
+        parse_config({"broker": {"urls": ["memory://", "amqp://b//"]}}, data_dir=tmp_path)
+    assert e.value.problems == ["broker.urls: memory:// cannot fail over: list only amqp:// URLs"]
