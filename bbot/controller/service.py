@@ -32,7 +32,7 @@ from bbot import bus
 from bbot.bus import names
 from bbot.config import BuildConfiguration, Config
 from bbot.controller.lease import BuildState
-from bbot.controller.notify import Notifier, notify_built
+from bbot.controller.notify import Notifier, notify_built, rules
 from bbot.controller.notify.maildir import MaildirNotifier
 from bbot.controller.notify.smtp import SmtpNotifier
 from bbot.controller.registry import Registry
@@ -463,7 +463,12 @@ class Controller:
                     break
             done = None in ids
             try:
-                for build in self.store.get_builds([i for i in ids if i is not None]):
+                email = self.config.email
+                wanted = [b for b, kind, status, author, submitter in
+                          self.store.mail_facts([i for i in ids if i is not None])
+                          if rules.may_mail(kind=kind, status=status, build_email=email.build_email,
+                                            author_email=author, submitter_email=submitter)]
+                for build in self.store.get_builds(wanted):
                     try:
                         notify_built(self.store, build, self.notifier, base_url=self.base_url,
                                      sender=self.config.email.sender,

@@ -186,6 +186,10 @@ class ResultItem:
     metrics: Mapping[str, float] | None = None
 
 
+# A build's id, its set's kind, its status, the author's and the submitter's email.
+MailFacts = tuple[int, str, Status | None, str | None, str | None]
+
+
 class SchemaError(RuntimeError):
     """The database's schema is not one this bbot can use (newer, foreign, or a migration failed)."""
 
@@ -1040,6 +1044,18 @@ class Store:
 
     def get_build(self, build_id: int) -> BuildRow | None:
         return self._fetch_one(self._select_builds().where(builds.c.id == build_id))
+
+    def mail_facts(self, build_ids: Sequence[int]) -> list[MailFacts]:
+        """(id, set kind, status, author email, submitter email) of these builds: what decides
+        whether anybody could be mailed, without reading whole builds."""
+        found: list[MailFacts] = []
+        query = sa.select(builds.c.id, build_sets.c.kind, builds.c.status, build_sets.c.author_email,
+                          build_sets.c.submitter_email).join(build_sets, builds.c.set_id == build_sets.c.id)
+        with self._tx(write=False) as conn:
+            for chunk in _chunks(sorted(set(build_ids))):
+                for b, kind, status, author, submitter in conn.execute(query.where(builds.c.id.in_(chunk))):
+                    found.append((int(b), str(kind), Status(status) if status else None, author, submitter))
+        return found
 
     def get_builds(self, build_ids: Sequence[int]) -> list[BuildRow]:
         """The builds with these ids (those that exist), in one read."""
