@@ -249,7 +249,8 @@ class Agent:
         if slot is None:
             message.requeue()
             return
-        message.ack()  # handed on to a machine
+        assert self._consumer is not None
+        self._consumer.handed_on(message)  # acked now, or with the others of this read
         assert slot.boot is not None
         backend = self.backends[slot.machine.type]
         if backend.instant:
@@ -449,13 +450,40 @@ class _TaskConsumer(bus.ConsumerLoop):
     agents instead of waiting here.
     """
 
+    SAFETY_INTERVAL = 0.05  # also the longest a handed-on task waits for its ack when idle
+    ACK_BATCH = 100
+    ACK_DELAY = 0.01  # seconds
+
     def __init__(self, agent: Agent) -> None:
         super().__init__(agent.broker_url)
         self.agent = agent
         self._consumers: dict[str, Any] = {}
         self._prefetch: dict[str, int] = {}
+        # Tasks handed to machines since the last read, acked together with one `multiple` ack:
+        # one settle command in the quorum queue instead of one per task. (kombu's in-memory
+        # transport acks a single delivery whatever `multiple` says: ack each there.)
+        self._batch_acks = not agent.broker_url.startswith("memory://")
+        self._unacked: list[Any] = []
+        self._unacked_since = 0.0
+
+    def handed_on(self, message: Any) -> None:
+        if self._batch_acks:
+            if not self._unacked:
+                self._unacked_since = time.monotonic()
+            self._unacked.append(message)
+        else:
+            message.ack()
+
+    def _ack_handed_on(self) -> None:
+        # Every earlier delivery on this channel was handed on too, or handed back (requeued):
+        # deliveries are handled in order, on this thread, before this runs.
+        if self._unacked and (len(self._unacked) >= self.ACK_BATCH
+                              or time.monotonic() - self._unacked_since >= self.ACK_DELAY):
+            last, self._unacked = self._unacked[-1], []
+            last.ack(multiple=True)
 
     def get_consumers(self, consumer_cls: type[Consumer], channel: Any) -> list[Any]:
+        self._unacked = []  # deliveries of a lost channel are the broker's again
         # Created without a prefetch and without consuming: on_consume_ready starts each
         # one with its own (RabbitMQ applies basic.qos to consumers started after it).
         self._consumers = {}
@@ -474,6 +502,7 @@ class _TaskConsumer(bus.ConsumerLoop):
         self.on_iteration()
 
     def on_iteration(self) -> None:
+        self._ack_handed_on()
         for name, consumer in self._consumers.items():
             free = self.agent.free_count(name)
             if free == self._prefetch[name]:
