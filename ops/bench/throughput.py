@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -36,6 +37,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bbot.devfarm import DevFarm  # noqa: E402
 
 CONFIGURATIONS = 100  # builds per submission
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rabbitmq_pid() -> int | None:
+    """The local RabbitMQ node's Erlang VM (the default node, rabbit@...), if it runs here."""
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"beam.smp" in command and b"rabbit" in command and b"bbottest" not in command:
+            return int(entry.name)
+    return None
 
 
 def run_bbot(broker: str, n: int, machines: int, root: Path) -> dict[str, float]:
@@ -58,12 +77,20 @@ def run_bbot(broker: str, n: int, machines: int, root: Path) -> dict[str, float]
         for _ in range(sets):
             farm.submit(str(repo))
         total = sets * CONFIGURATIONS
+        assert farm.controller is not None and farm.controller.popen is not None
+        broker_pid = rabbitmq_pid()
+        cpu_before = {"controller": cpu_seconds(farm.controller.popen.pid),
+                      "rabbitmq": cpu_seconds(broker_pid) if broker_pid else 0.0}
         agent = farm.add_agent("bench", [{"id": f"null-{i}", "name": "null-x86_64", "type": "null"}
                                          for i in range(machines)])
-        assert farm.controller is not None
+        assert agent.popen is not None
+        cpu_before["agent"] = 0.0  # it is new: all its time counts (start-up too)
         # Polled slowly: the rate comes from the store's own timestamps, and the poll must not
         # take CPU from the farm.
         wall = farm.wait_built(total, timeout=600, watch=[farm.controller, agent], poll=0.5)
+        cpu = {"controller": cpu_seconds(farm.controller.popen.pid) - cpu_before["controller"],
+               "agent": cpu_seconds(agent.popen.pid) - cpu_before["agent"],
+               "rabbitmq": (cpu_seconds(broker_pid) - cpu_before["rabbitmq"]) if broker_pid else 0.0}
         with farm.db() as conn:
             first_issue = conn.execute("SELECT MIN(issued_at) FROM bbot_attempts").fetchone()[0]
             last_result = conn.execute("SELECT MAX(finished_at) FROM bbot_builds").fetchone()[0]
@@ -78,7 +105,8 @@ def run_bbot(broker: str, n: int, machines: int, root: Path) -> dict[str, float]
     seconds = last_result - first_issue
     return {"n": total, "seconds": seconds, "per_second": total / seconds, "success": success,
             "attempts": attempts, "wall_from_agent_start": wall, "mean_latency": latency,
-            "longest_gap": max(b - a for a, b in itertools.pairwise(finished))}
+            "longest_gap": max(b - a for a, b in itertools.pairwise(finished)),
+            **{f"cpu_ms_per_build_{k}": v * 1000 / total for k, v in cpu.items()}}
 
 
 def main() -> int:
@@ -96,6 +124,9 @@ def main() -> int:
           f"({bbot['success']} success, {bbot['attempts']} attempts; mean issue-to-result "
           f"{bbot['mean_latency'] * 1000:.0f} ms; longest gap between results "
           f"{bbot['longest_gap'] * 1000:.0f} ms)", flush=True)
+    print("        CPU per build: " + ", ".join(f"{k.removeprefix('cpu_ms_per_build_')} "
+                                                f"{v * 1000:.0f} µs" for k, v in bbot.items()
+                                                if k.startswith("cpu_ms_per_build_")), flush=True)
     if not args.no_celery:
         import celery_reference
 
