@@ -467,12 +467,17 @@ class _TaskConsumer(bus.ConsumerLoop):
         self._unacked_since = 0.0
 
     def handed_on(self, message: Any) -> None:
-        if self._batch_acks:
-            if not self._unacked:
-                self._unacked_since = time.monotonic()
-            self._unacked.append(message)
-        else:
+        if not self._batch_acks:
             message.ack()
+            return
+        if not self._unacked:
+            self._unacked_since = time.monotonic()
+        self._unacked.append(message)
+        # Unacked deliveries count against the prefetch: never let them take half of it, or
+        # an agent with few machines would wait for its own acks.
+        if len(self._unacked) >= max(1, sum(self._prefetch.values()) // 2):
+            last, self._unacked = self._unacked[-1], []
+            last.ack(multiple=True)
 
     def _ack_handed_on(self) -> None:
         # Every earlier delivery on this channel was handed on too, or handed back (requeued):
