@@ -112,6 +112,7 @@ class Agent:
         self._consumer: _TaskConsumer | None = None
         self._publisher: bus.Publisher | None = None
         self._outbox: _Outbox | None = None
+        self._results_exchange = bus.results_exchange()  # made once: kombu entities are costly
 
     # -- start and stop -------------------------------------------------------------------------
 
@@ -388,7 +389,7 @@ class Agent:
         if infrastructure is not None:
             headers[names.HEADER_INFRA_FAILURE] = infrastructure
         headers.update({names.HEADER_METRICS_PREFIX + k: round(v, 6) for k, v in metrics.items()})
-        self._outbox.put(bus.Outgoing(request.to_text(), bus.results_exchange(), reply_to,
+        self._outbox.put(bus.Outgoing(request.to_text(), self._results_exchange, reply_to,
                                       correlation_id=request.session, headers=headers))
 
 

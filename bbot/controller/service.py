@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from kombu import Consumer
+from kombu import Consumer, Queue
 
 from bbot import bus
 from bbot.bus import names
@@ -301,6 +301,8 @@ class Controller:
         items: list[IssueItem] = []
         messages: dict[int, bus.Outgoing] = {}
         declare = self.config.broker_declare
+        exchange = bus.tasks_exchange()
+        queues: dict[str, tuple[Queue, ...]] = {}
         for build, machine_name in chosen:
             task = Task(
                 name=build.package_name, version=build.package_version,
@@ -318,9 +320,10 @@ class Controller:
                 avoid = self.store.failed_agents(build.id)
                 if avoid:
                     headers[names.HEADER_AVOID_AGENTS] = ",".join(avoid)
+            if machine_name not in queues:  # kombu entities are costly to make: once per pass
+                queues[machine_name] = (bus.task_queue(machine_name, declare=declare),)
             messages[build.id] = bus.Outgoing(
-                text, bus.tasks_exchange(), names.machine_key(machine_name),
-                declare=(bus.task_queue(machine_name, declare=declare),),
+                text, exchange, names.machine_key(machine_name), declare=queues[machine_name],
                 reply_to=self.results_queue_name, correlation_id=session, headers=headers,
             )
         if not items:
