@@ -86,6 +86,18 @@ def farms() -> list[DevFarm]:
         farm.stop()
 
 
+def slow_farm(tmp_path: Path, rabbitmq: str, unique: str, farms: list[DevFarm],
+              seconds: float) -> tuple[DevFarm, str, Path]:
+    """A started controller (no agent yet) and a package whose build takes ``seconds``."""
+    machine = f"slow-{unique}"
+    repo = tmp_path / "slow"
+    git_repo(repo, {"Makefile": SLOW_MAKEFILE.format(seconds=seconds)})
+    farm = make_farm(tmp_path, rabbitmq, unique, machine)
+    farms.append(farm)
+    farm.start_controller()
+    return farm, machine, repo
+
+
 def report(what: str, seconds: float) -> None:
     print(f"\n[recovery] {what}: {seconds:.2f} s")
 
@@ -93,12 +105,9 @@ def report(what: str, seconds: float) -> None:
 @pytest.mark.rabbitmq
 def test_agent_killed_mid_build_every_build_completes_once_elsewhere(
         tmp_path: Path, rabbitmq: str, unique: str, farms: list[DevFarm]) -> None:
-    machine = f"slow-{unique}"
-    repo = tmp_path / "slow"
-    git_repo(repo, {"Makefile": SLOW_MAKEFILE.format(seconds=1)})
-    farm = make_farm(tmp_path, rabbitmq, unique, machine)
-    farms.append(farm)
-    controller = farm.start_controller()
+    farm, machine, repo = slow_farm(tmp_path, rabbitmq, unique, farms, seconds=1)
+    assert farm.controller is not None
+    controller = farm.controller
     victim = farm.add_agent(f"victim-{unique}", process_machines("v", machine, 2))
     for _ in range(4):
         farm.submit(str(repo))
@@ -121,12 +130,9 @@ def test_agent_killed_mid_build_every_build_completes_once_elsewhere(
 @pytest.mark.rabbitmq
 def test_controller_killed_and_restarted_takes_in_results_that_arrived_meanwhile(
         tmp_path: Path, rabbitmq: str, unique: str, farms: list[DevFarm]) -> None:
-    machine = f"slow-{unique}"
-    repo = tmp_path / "slow"
-    git_repo(repo, {"Makefile": SLOW_MAKEFILE.format(seconds=2)})
-    farm = make_farm(tmp_path, rabbitmq, unique, machine)
-    farms.append(farm)
-    controller = farm.start_controller()
+    farm, machine, repo = slow_farm(tmp_path, rabbitmq, unique, farms, seconds=2)
+    assert farm.controller is not None
+    controller = farm.controller
     agent = farm.add_agent(f"agent-{unique}", process_machines("m", machine, 4))
     for _ in range(4):
         farm.submit(str(repo))
