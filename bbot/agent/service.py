@@ -477,16 +477,18 @@ class _TaskConsumer(bus.ConsumerLoop):
         # Unacked deliveries count against the prefetch: never let them take half of it, or
         # an agent with few machines would wait for its own acks.
         if len(self._unacked) >= max(1, sum(self._prefetch.values()) // 2):
-            last, self._unacked = self._unacked[-1], []
-            last.ack(multiple=True)
+            self._ack_all()
 
     def _ack_handed_on(self) -> None:
-        # Every earlier delivery on this channel was handed on too, or handed back (requeued):
-        # deliveries are handled in order, on this thread, before this runs.
         if self._unacked and (len(self._unacked) >= self.ACK_BATCH
                               or time.monotonic() - self._unacked_since >= self.ACK_DELAY):
-            last, self._unacked = self._unacked[-1], []
-            last.ack(multiple=True)
+            self._ack_all()
+
+    def _ack_all(self) -> None:
+        # Every earlier delivery on this channel was handed on too, or handed back (requeued):
+        # deliveries are handled in order, on this thread.
+        last, self._unacked = self._unacked[-1], []
+        last.ack(multiple=True)
 
     def get_consumers(self, consumer_cls: type[Consumer], channel: Any) -> list[Any]:
         self._unacked = []  # deliveries of a lost channel are the broker's again

@@ -290,8 +290,7 @@ class Controller:
         assert build.session is not None
         if build.attempt >= self.cc.max_attempts:
             self.store.give_up(build.id, f"{why}; gave up after {build.attempt} attempt(s)")
-            self._notify(build.id)
-            self._changed_notify()
+            self._finished([build.id])
         else:
             self.store.expire(build.id, build.session, why)
 
@@ -391,9 +390,13 @@ class Controller:
         else:
             for message, _ in batch:
                 message.ack()
-        for build_id in finished:
+        self._finished(finished)
+
+    def _finished(self, build_ids: list[int]) -> None:
+        """Builds that ended: mail about them, wake who waits for them, and the scheduler."""
+        for build_id in build_ids:
             self._notify(build_id)
-        if finished:
+        if build_ids:
             self._changed_notify()
         self.wake()
 
@@ -417,11 +420,7 @@ class Controller:
             self._infrastructure_failure(
                 session, f"the broker dead-lettered the task after {names.DELIVERY_LIMIT} deliveries",
                 None, finished)
-            for build_id in finished:
-                self._notify(build_id)
-            if finished:
-                self._changed_notify()
-            self.wake()
+            self._finished(finished)
         else:
             log.info("dead-lettered task of controller %r (session %r): its lease brings it back",
                      props.get("reply_to"), session)
