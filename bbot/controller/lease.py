@@ -6,7 +6,8 @@ ends when the session's result arrives (*built*), when its deadline passes
 (back to *queued*, so the task is issued again, as brep does with its
 ``build-result-timeout``), or when the agent reports an infrastructure
 failure (back to *queued* as well: the agent failed, not the package). Too
-many attempts end the build *built* and abnormal. Nothing else moves a build,
+many attempts end the build *built* and abnormal. A forced rebuild (brep's
+``?build-force``) queues a built or building build again. Nothing else moves a build,
 and every move is checked against ``TRANSITIONS`` below, so a newcomer reads
 the whole life of a task here.
 """
@@ -28,6 +29,7 @@ class LeaseEvent(str, enum.Enum):
     EXPIRE = "expire"  # the lease deadline passed without a result
     GIVE_UP = "give-up"  # too many attempts: the build ends abnormal
     FAIL = "fail"  # the agent (not the package) failed: the task is issued again
+    FORCE = "force"  # a person asked for a rebuild (brep's ?build-force): build it again now
 
 
 class IllegalTransition(RuntimeError):
@@ -45,6 +47,10 @@ TRANSITIONS: dict[tuple[BuildState, LeaseEvent], BuildState] = {
     (BuildState.LEASED, LeaseEvent.FAIL): BuildState.QUEUED,
     (BuildState.LEASED, LeaseEvent.GIVE_UP): BuildState.BUILT,
     (BuildState.QUEUED, LeaseEvent.GIVE_UP): BuildState.BUILT,
+    # A forced rebuild of a finished build, or of one building now (whose running
+    # session is ended, so its late result is dropped as stale).
+    (BuildState.BUILT, LeaseEvent.FORCE): BuildState.QUEUED,
+    (BuildState.LEASED, LeaseEvent.FORCE): BuildState.QUEUED,
 }
 
 

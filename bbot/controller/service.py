@@ -288,8 +288,8 @@ class Controller:
 
     def _end_lease(self, build: BuildRow, why: str) -> None:
         assert build.session is not None
-        if build.attempt >= self.cc.max_attempts:
-            self.store.give_up(build.id, f"{why}; gave up after {build.attempt} attempt(s)")
+        if build.round_attempts >= self.cc.max_attempts:
+            self.store.give_up(build.id, f"{why}; gave up after {build.round_attempts} attempt(s)")
             self._finished([build.id])
         else:
             self.store.expire(build.id, build.session, why)

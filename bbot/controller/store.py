@@ -75,6 +75,7 @@ class NewBuild:
     package_config: str
     toolchain_name: str
     toolchain_version: str
+    tenant: str = ""
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,14 @@ class BuildRow:
     author_name: str | None
     author_email: str | None
     submitter_email: str | None
+    # The first attempt of the current round: a forced rebuild starts a new round, with
+    # max_attempts of its own.
+    first_attempt: int = 1
+
+    @property
+    def round_attempts(self) -> int:
+        """Attempts made in the current round (the ones ``max_attempts`` bounds)."""
+        return self.attempt - self.first_attempt + 1
 
     @property
     def key(self) -> BuildKey:
@@ -164,6 +173,53 @@ class FailOutcome(enum.Enum):
     STALE = "stale"  # not the build's current lease, or no such session: nothing changed
 
 
+class ForceOutcome(enum.Enum):
+    FORCED = "forced"  # queued again (from built, or from building with its session ended)
+    QUEUED = "queued"  # not built yet: nothing to rebuild (brep answers 404)
+
+
+@dataclass(frozen=True)
+class HttpLease:
+    """A task handed to an agent over HTTP (brep's ?build-task): who took it, and its challenge.
+
+    The task may be another controller's (a shared task queue): ``reply_to`` names the
+    results queue its result goes to.
+    """
+
+    session: str
+    agent: str
+    reply_to: str
+    machine_name: str
+    machine_summary: str
+    fingerprint: str | None = None
+    challenge: str | None = None
+    handed_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class UpstreamTask:
+    """A task this controller took from an upper controller (brep or bbot), to build below."""
+
+    url: str  # the upper controller's ?build-task URL
+    session: str  # the upper controller's session: opaque, sent back with the result
+    result_url: str
+    task_text: str
+    challenge: str | None = None
+    agent_checksum: str | None = None
+
+
+@dataclass(frozen=True)
+class UpstreamResult:
+    """A finished build to report to the upper controller it came from."""
+
+    build_id: int
+    task: UpstreamTask
+    status: Status
+    operations: list[OperationRow]
+    worker_checksum: str | None
+    dependency_checksum: str | None
+
+
 @dataclass(frozen=True)
 class IssueItem:
     """One build to lease in ``Store.issue_many``: the arguments of ``Store.issue``."""
@@ -200,7 +256,7 @@ class BuildNotFound(LookupError):
         self.build_id = build_id
 
 
-SET_KINDS = ("submit", "git")
+SET_KINDS = ("submit", "git", "upstream")  # "upstream": a task taken from an upper controller
 
 # Attempt outcomes.
 OUTCOME_RESULT = "result"
@@ -277,6 +333,8 @@ builds = sa.Table(
     sa.Column("forced", sa.Boolean, nullable=False, default=False),
     sa.Column("worker_checksum", sa.Text),
     sa.Column("dependency_checksum", sa.Text),
+    # Since schema version 3 (so the last column).
+    sa.Column("first_attempt", sa.Integer, nullable=False, default=1, server_default=sa.text("1")),
     sa.Index("bbot_builds_state", "state", "lease_deadline"),
     sa.Index("bbot_builds_set", "set_id"),
     sa.Index("bbot_builds_package", "package_name", "configuration"),
@@ -309,6 +367,36 @@ attempts = sa.Table(
     sa.Column("task", sa.LargeBinary, nullable=False),  # zlib-compressed task manifest
     # Since schema version 2 (so the last column, as ALTER TABLE puts it).
     sa.Column("infrastructure", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
+)
+
+# Since schema version 3: tasks handed out over HTTP, by session.
+http_leases = sa.Table(
+    "bbot_http_leases",
+    metadata,
+    sa.Column("session", sa.Text, primary_key=True),
+    sa.Column("agent", sa.Text, nullable=False),
+    sa.Column("reply_to", sa.Text, nullable=False),
+    sa.Column("machine_name", sa.Text, nullable=False),
+    sa.Column("machine_summary", sa.Text, nullable=False),
+    sa.Column("fingerprint", sa.Text),
+    sa.Column("challenge", sa.Text),
+    sa.Column("handed_at", sa.Double, nullable=False),
+    sa.Index("bbot_http_leases_handed", "handed_at"),
+)
+
+# Since schema version 3: builds whose task came from an upper controller.
+upstream = sa.Table(
+    "bbot_upstream",
+    metadata,
+    sa.Column("build_id", sa.Integer, sa.ForeignKey("bbot_builds.id"), primary_key=True),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("session", sa.Text, nullable=False, unique=True),
+    sa.Column("result_url", sa.Text, nullable=False),
+    sa.Column("challenge", sa.Text),
+    sa.Column("agent_checksum", sa.Text),
+    sa.Column("task", sa.LargeBinary, nullable=False),  # zlib-compressed task manifest, as received
+    sa.Column("posted_at", sa.Double),  # the result reached the upper controller
+    sa.Column("post_outcome", sa.Text),  # what it answered, or why it was given up
 )
 
 counters_table = sa.Table(
@@ -352,6 +440,17 @@ def _v2_attempt_infrastructure(conn: Connection) -> None:
     )
 
 
+def _v3_http_agents_and_layers(conn: Connection) -> None:
+    _add_column(
+        conn,
+        "bbot_builds",
+        sa.Column("first_attempt", sa.Integer, nullable=False, server_default=sa.text("1")),
+    )
+    # New tables: created from their definitions, which this step is the first to use.
+    http_leases.create(conn)
+    upstream.create(conn)
+
+
 # The schema the first bbot created; every later version is a migration below.
 BASE_SCHEMA_VERSION = 1
 
@@ -360,6 +459,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         2,
         "bbot_attempts.infrastructure: the attempt ended because the agent, not the package, failed",
         _v2_attempt_infrastructure,
+    ),
+    Migration(
+        3,
+        "HTTP agents and controller layers: bbot_http_leases, bbot_upstream, bbot_builds.first_attempt",
+        _v3_http_agents_and_layers,
     ),
 )
 
@@ -549,60 +653,66 @@ class Store:
     # ----------------------------------------------------------------- build sets and builds
 
     def add_build_set(self, new: NewBuildSet) -> int:
+        with self._tx(write=True) as conn:
+            return self._insert_set(conn, new)
+
+    def add_builds(self, set_id: int, new_builds: Sequence[NewBuild]) -> list[int]:
+        with self._tx(write=True) as conn:
+            return self._insert_builds(conn, set_id, new_builds)
+
+    def _insert_set(self, conn: Connection, new: NewBuildSet) -> int:
         if new.kind not in SET_KINDS:
             raise ValueError(f"unknown build set kind '{new.kind}': expected one of "
                              f"{', '.join(SET_KINDS)}")
-        with self._tx(write=True) as conn:
-            result = conn.execute(
-                build_sets.insert().values(
-                    kind=new.kind,
-                    source=new.source,
-                    repository_url=new.repository_url,
-                    ref=new.ref,
-                    commit=new.commit,
-                    package_name=new.package_name,
-                    package_version=new.package_version,
-                    author_name=new.author_name,
-                    author_email=new.author_email,
-                    submitter_email=new.submitter_email,
-                    created_at=time.time(),
-                )
+        result = conn.execute(
+            build_sets.insert().values(
+                kind=new.kind,
+                source=new.source,
+                repository_url=new.repository_url,
+                ref=new.ref,
+                commit=new.commit,
+                package_name=new.package_name,
+                package_version=new.package_version,
+                author_name=new.author_name,
+                author_email=new.author_email,
+                submitter_email=new.submitter_email,
+                created_at=time.time(),
             )
-            return _new_id(result)
+        )
+        return _new_id(result)
 
-    def add_builds(self, set_id: int, new_builds: Sequence[NewBuild]) -> list[int]:
+    def _insert_builds(self, conn: Connection, set_id: int, new_builds: Sequence[NewBuild]) -> list[int]:
         now = time.time()
         ids: list[int] = []
-        with self._tx(write=True) as conn:
-            the_set = conn.execute(
-                sa.select(build_sets.c.package_name, build_sets.c.package_version).where(
-                    build_sets.c.id == set_id
+        the_set = conn.execute(
+            sa.select(build_sets.c.package_name, build_sets.c.package_version).where(
+                build_sets.c.id == set_id
+            )
+        ).first()
+        if the_set is None:
+            raise LookupError(f"no build set with id {set_id}")
+        for new in new_builds:
+            result = conn.execute(
+                builds.insert().values(
+                    set_id=set_id,
+                    package_name=the_set.package_name,
+                    package_version=the_set.package_version,
+                    configuration=new.configuration,
+                    machine_pattern=new.machine_pattern,
+                    target=new.target,
+                    config_args=new.config_args,
+                    warning_regex=json.dumps(list(new.warning_regex)),
+                    package_config=new.package_config,
+                    toolchain_name=new.toolchain_name,
+                    toolchain_version=new.toolchain_version,
+                    tenant=new.tenant,
+                    state=BuildState.QUEUED.value,
+                    attempt=0,
+                    created_at=now,
+                    forced=False,
                 )
-            ).first()
-            if the_set is None:
-                raise LookupError(f"no build set with id {set_id}")
-            for new in new_builds:
-                result = conn.execute(
-                    builds.insert().values(
-                        set_id=set_id,
-                        package_name=the_set.package_name,
-                        package_version=the_set.package_version,
-                        configuration=new.configuration,
-                        machine_pattern=new.machine_pattern,
-                        target=new.target,
-                        config_args=new.config_args,
-                        warning_regex=json.dumps(list(new.warning_regex)),
-                        package_config=new.package_config,
-                        toolchain_name=new.toolchain_name,
-                        toolchain_version=new.toolchain_version,
-                        tenant="",
-                        state=BuildState.QUEUED.value,
-                        attempt=0,
-                        created_at=now,
-                        forced=False,
-                    )
-                )
-                ids.append(_new_id(result))
+            )
+            ids.append(_new_id(result))
         return ids
 
     # ----------------------------------------------------------------- the lease
@@ -763,7 +873,7 @@ class Store:
                 .values(ended_at=now, outcome=OUTCOME_FAILED, infrastructure=True, detail=reason,
                         agent=agent)
             )
-            number = int(row["attempt"])
+            number = int(row["attempt"]) - int(row["first_attempt"]) + 1  # attempts this round
             if number >= max_attempts:
                 state = next_state(BuildState.LEASED, LeaseEvent.GIVE_UP)
                 gave_up = f"gave up after {_attempts_text(number)}"
@@ -978,6 +1088,152 @@ class Store:
                 for _, item in accepted
             ],
         )
+
+    # ----------------------------------------------------------------- forced rebuilds
+
+    def force(self, build_id: int, reason: str) -> ForceOutcome:
+        """A person's rebuild request (brep's ?build-force): queue the build again, with a
+        new round of attempts. A build that is building has its running attempt ended, so
+        that attempt's late result is dropped as stale. BuildNotFound for an unknown id."""
+        now = time.time()
+        with self._tx(write=True) as conn:
+            row = self._lock_build(conn, build_id)
+            previous = BuildState(row["state"])
+            if previous is BuildState.QUEUED:
+                return ForceOutcome.QUEUED
+            state = next_state(previous, LeaseEvent.FORCE)
+            if previous is BuildState.LEASED:
+                conn.execute(
+                    attempts.update()
+                    .where(attempts.c.build_id == build_id, attempts.c.session == row["session"])
+                    .values(ended_at=now, outcome=OUTCOME_EXPIRED, detail=f"forced rebuild: {reason}")
+                )
+            conn.execute(
+                builds.update()
+                .where(builds.c.id == build_id)
+                .values(state=state.value, forced=True, lease_deadline=None, finished_at=None,
+                        first_attempt=int(row["attempt"]) + 1, reason=f"forced rebuild: {reason}")
+            )
+            return ForceOutcome.FORCED
+
+    # ----------------------------------------------------------------- tasks handed out over HTTP
+
+    def hand_over(self, lease: HttpLease, *, own: bool, deadline: float) -> bool:
+        """Record that ``lease.session``'s task went to an HTTP agent.
+
+        For this controller's own tasks (``own``) the session must still be the build's
+        current lease: then the lease is renewed to ``deadline`` (an HTTP agent sends no
+        heartbeats) and the agent named on it; otherwise nothing is written and the
+        answer is False (a stale task, to be dropped). Another controller's task is
+        recorded as it is.
+        """
+        with self._tx(write=True) as conn:
+            if own:
+                owner = conn.execute(
+                    sa.select(attempts.c.build_id).where(attempts.c.session == lease.session)
+                ).scalar()
+                row = None if owner is None else self._lock_build(conn, int(owner))
+                if row is None or row["state"] != BuildState.LEASED.value or row["session"] != lease.session:
+                    return False
+                conn.execute(builds.update().where(builds.c.id == row["id"])
+                             .values(agent=lease.agent, lease_deadline=deadline))
+                conn.execute(attempts.update().where(attempts.c.session == lease.session)
+                             .values(agent=lease.agent, machine=lease.machine_name, deadline=deadline))
+            values = {
+                "agent": lease.agent, "reply_to": lease.reply_to, "machine_name": lease.machine_name,
+                "machine_summary": lease.machine_summary, "fingerprint": lease.fingerprint,
+                "challenge": lease.challenge, "handed_at": lease.handed_at or time.time(),
+            }
+            # The same task handed out twice (a redelivery): the later hand-over counts.
+            conn.execute(http_leases.delete().where(http_leases.c.session == lease.session))
+            conn.execute(http_leases.insert().values(session=lease.session, **values))
+            return True
+
+    def http_lease(self, session: str) -> HttpLease | None:
+        with self._tx(write=False) as conn:
+            row = conn.execute(sa.select(http_leases).where(http_leases.c.session == session)).first()
+        if row is None:
+            return None
+        return HttpLease(session=row.session, agent=row.agent, reply_to=row.reply_to,
+                         machine_name=row.machine_name, machine_summary=row.machine_summary,
+                         fingerprint=row.fingerprint, challenge=row.challenge, handed_at=row.handed_at)
+
+    def prune_http_leases(self, before: float) -> int:
+        """Forget hand-overs older than ``before`` (their results can no longer be accepted)."""
+        with self._tx(write=True) as conn:
+            return int(conn.execute(http_leases.delete().where(http_leases.c.handed_at < before)).rowcount)
+
+    # ----------------------------------------------------------------- tasks from an upper controller
+
+    def add_upstream_build(
+        self, task: UpstreamTask, new_set: NewBuildSet, new_build: NewBuild
+    ) -> tuple[int, bool]:
+        """A build for a task taken from an upper controller: ``(build id, created)``.
+
+        The same upper session twice (the upper controller handed its task out again)
+        gives the build made the first time, and ``created`` False.
+        """
+        if new_set.kind != "upstream":
+            raise ValueError(f"add_upstream_build: the build set's kind is '{new_set.kind}', not 'upstream'")
+        with self._tx(write=True) as conn:
+            known = conn.execute(
+                sa.select(upstream.c.build_id).where(upstream.c.session == task.session)
+            ).scalar()
+            if known is not None:
+                return int(known), False
+            set_id = self._insert_set(conn, new_set)
+            (build_id,) = self._insert_builds(conn, set_id, [new_build])
+            conn.execute(upstream.insert().values(
+                build_id=build_id, url=task.url, session=task.session, result_url=task.result_url,
+                challenge=task.challenge, agent_checksum=task.agent_checksum, task=_compress(task.task_text),
+            ))
+            return build_id, True
+
+    def upstream_task_texts(self, build_ids: Sequence[int]) -> dict[int, str]:
+        """The task manifest received from above, of each of these builds that has one."""
+        found: dict[int, str] = {}
+        with self._tx(write=False) as conn:
+            for chunk in _chunks(sorted(set(build_ids))):
+                query = sa.select(upstream.c.build_id, upstream.c.task).where(upstream.c.build_id.in_(chunk))
+                found.update({int(b): _decompress(t) for b, t in conn.execute(query)})
+        return found
+
+    def upstream_open_count(self) -> int:
+        """Builds taken from above that are not built yet."""
+        with self._tx(write=False) as conn:
+            query = (sa.select(sa.func.count()).select_from(upstream.join(builds))
+                     .where(builds.c.state != BuildState.BUILT.value))
+            return int(conn.execute(query).scalar_one())
+
+    def upstream_results(self, limit: int = 100) -> list[UpstreamResult]:
+        """Builds taken from above that ended here and whose result has not gone up yet."""
+        query = (
+            sa.select(upstream, builds.c.status, builds.c.worker_checksum, builds.c.dependency_checksum)
+            .join(builds, builds.c.id == upstream.c.build_id)
+            .where(builds.c.state == BuildState.BUILT.value, upstream.c.posted_at.is_(None))
+            .order_by(builds.c.finished_at)
+            .limit(limit)
+        )
+        with self._tx(write=False) as conn:
+            rows = conn.execute(query).all()
+        return [
+            UpstreamResult(
+                build_id=int(r.build_id),
+                task=UpstreamTask(url=r.url, session=r.session, result_url=r.result_url,
+                                  task_text=_decompress(r.task), challenge=r.challenge,
+                                  agent_checksum=r.agent_checksum),
+                status=Status(r.status),
+                operations=self.operations(int(r.build_id)),
+                worker_checksum=r.worker_checksum,
+                dependency_checksum=r.dependency_checksum,
+            )
+            for r in rows
+        ]
+
+    def mark_upstream_posted(self, build_id: int, outcome: str) -> None:
+        with self._tx(write=True) as conn:
+            conn.execute(upstream.update().where(upstream.c.build_id == build_id)
+                         .values(posted_at=time.time(), post_outcome=outcome))
 
     def set_reason(self, build_id: int, reason: str | None) -> None:
         with self._tx(write=True) as conn:
@@ -1287,6 +1543,7 @@ def _build_row(m: RowMapping) -> BuildRow:
         author_name=m["author_name"],
         author_email=m["author_email"],
         submitter_email=m["submitter_email"],
+        first_attempt=m["first_attempt"],
     )
 
 

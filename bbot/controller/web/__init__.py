@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from flask import Flask, Response, redirect, url_for
-from werkzeug.wrappers import Response as BaseResponse
+from flask import Flask, Response
 
+from bbot.config import BuildConfiguration
 from bbot.controller.store import Store
-from bbot.controller.web import api, logs, pages
-from bbot.controller.web.common import BASE_URL_KEY, STORE_KEY, SUBMIT_KEY
+from bbot.controller.web import api, brep, logs, pages
+from bbot.controller.web.common import BASE_URL_KEY, CONFIGURATIONS_KEY, FORCE_KEY, STORE_KEY, SUBMIT_KEY
 
 __all__ = ["create_app"]
 
@@ -25,6 +25,9 @@ def create_app(
     *,
     base_url: str,
     submit: Callable[[str, str | None, str | None], int] | None = None,
+    handlers: dict[str, brep.Handler] | None = None,
+    configurations: tuple[BuildConfiguration, ...] = (),
+    on_force: Callable[[], None] | None = None,
 ) -> Flask:
     """The WSGI app over ``store``.
 
@@ -32,6 +35,9 @@ def create_app(
     submissions); it can be changed later through ``app.config["BBOT_BASE_URL"]``.
     ``submit(url, ref, email) -> build set id`` enables ``POST /api/submit``; its
     ``ValueError`` is the submitter's mistake (400), anything else a failure (500).
+    ``handlers`` serve brep's ``?<handler>`` URLs (the agent shim adds
+    ``build-task`` and ``build-result``); ``configurations`` are listed by
+    ``?build-configs``; ``on_force`` is called after a forced rebuild was queued.
     """
     app = Flask(__name__, static_folder=None)
     # Keep "a//b" as sent: an empty log path part is a 400, not a redirect.
@@ -41,14 +47,14 @@ def create_app(
     app.config["JSON_SORT_KEYS"] = False
     app.extensions[STORE_KEY] = store
     app.extensions[SUBMIT_KEY] = submit
+    app.extensions[CONFIGURATIONS_KEY] = configurations
+    app.extensions[FORCE_KEY] = on_force
     app.jinja_env.autoescape = True  # every template, whatever its file name
     pages.register(app)
     api.register(app)
+    brep.register(app)
+    brep.add_handlers(app, handlers or {})
     logs.register(app)  # last: its catch-all route must not shadow the others
-
-    @app.get("/")
-    def root() -> BaseResponse:
-        return redirect(url_for("builds"))
 
     @app.get("/healthz")
     def healthz() -> Response:

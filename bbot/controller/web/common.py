@@ -15,6 +15,8 @@ from bbot.manifest.status import Status
 STORE_KEY = "bbot.store"
 SUBMIT_KEY = "bbot.submit"
 BASE_URL_KEY = "BBOT_BASE_URL"
+CONFIGURATIONS_KEY = "bbot.configurations"
+FORCE_KEY = "bbot.on_force"
 
 Submit = Callable[[str, str | None, str | None], int]
 

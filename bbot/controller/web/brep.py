@@ -1,0 +1,61 @@
+"""brep's URL dispatch (§3.1): ``/[@<tenant>]?<handler>[=<value>]&...`` to one handler.
+
+The first query parameter picks the handler (see ``bbot.brep.protocol.route``);
+the handlers live in ``agents`` (``?build-task``, ``?build-result``) and
+``people`` (``?builds``, ``?build-configs``, ``?build-force``). A handler that
+this controller does not serve answers 501, as brep does with building disabled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flask import Flask, Response, redirect, request, url_for
+from werkzeug.exceptions import NotFound
+from werkzeug.wrappers import Response as BaseResponse
+
+from bbot.brep.protocol import HttpError, Route, route
+
+HANDLERS_KEY = "bbot.brep_handlers"
+Handler = Callable[[Route], BaseResponse]
+
+TEXT = "text/plain;charset=utf-8"
+
+
+def plain(text: str, status: int = 200) -> Response:
+    return Response(text if not text or text.endswith("\n") else text + "\n", status=status,
+                    content_type=TEXT)
+
+
+def add_handlers(app: Flask, handlers: dict[str, Handler]) -> None:
+    app.extensions.setdefault(HANDLERS_KEY, {}).update(handlers)
+
+
+def _dispatch(app: Flask, path: str) -> BaseResponse:
+    try:
+        query = request.query_string.decode("ascii")
+    except UnicodeDecodeError:
+        return plain("invalid URL query: not percent-encoded", 400)
+    try:
+        found = route(path, query)
+        if found is None:
+            if not path.strip("/") and request.method in ("GET", "HEAD"):
+                return redirect(url_for("builds"))
+            raise NotFound("no handler: use ?build-task, ?build-result, ?builds, ?build-configs or "
+                           "?build-force")
+        handler = app.extensions.get(HANDLERS_KEY, {}).get(found.handler)
+        if handler is None:
+            return plain("not implemented", 501)
+        return handler(found)
+    except HttpError as error:
+        return plain(error.text, error.status)
+
+
+def register(app: Flask) -> None:
+    @app.route("/", methods=["GET", "POST", "HEAD"], endpoint="brep_root")
+    def root() -> BaseResponse:
+        return _dispatch(app, "")
+
+    @app.route("/@<tenant>", methods=["GET", "POST", "HEAD"], endpoint="brep_tenant")
+    def tenant(tenant: str) -> BaseResponse:
+        return _dispatch(app, "@" + tenant)
