@@ -43,7 +43,7 @@ def _dispatch(app: Flask, path: str) -> BaseResponse:
                 return redirect(url_for("builds"))
             raise NotFound("no handler: use ?build-task, ?build-result, ?builds, ?build-configs or "
                            "?build-force")
-        handler = app.extensions.get(HANDLERS_KEY, {}).get(found.handler)
+        handler: Handler | None = app.extensions.get(HANDLERS_KEY, {}).get(found.handler)
         if handler is None:
             return plain("not implemented", 501)
         return handler(found)
