@@ -114,6 +114,12 @@ class MachineConfig:
 @dataclass(frozen=True)
 class AgentConfig:
     name: str = field(default_factory=socket.gethostname)
+    # Controllers (brep or bbot) to poll over HTTP, by their root URL: with these the agent
+    # takes its tasks by HTTP polling instead of from the broker.
+    controllers: tuple[str, ...] = ()
+    poll_interval: float = 10.0  # seconds between polls while nothing comes
+    poll_backoff_max: float = 300.0  # longest wait after repeated errors
+    key: Path | None = None  # the agent's RSA private key (PEM), to sign challenges
     tftp_host: str = "127.0.0.1"
     tftp_port: int = 0  # 0: an ephemeral port, reported at start
     build_timeout: float = 1800.0
@@ -132,12 +138,21 @@ class ControllerConfig:
     toolchain_name: str = "bbot"
     toolchain_version: str = __version__
     schedule_interval: float = 0.2
+    # brep's agent interface (the HTTP shim):
+    agent_keys: Path | None = None  # directory of trusted agents' public keys: None, no authentication
+    result_timeout: float = 10_800.0  # how long an HTTP agent (no heartbeats) has for a result
+    http_agent_expiry: float = 300.0  # an HTTP agent that has not polled for this long is gone
+    # Controllers in layers: the upper controllers this one takes tasks from, as an agent does.
+    upstream: tuple[str, ...] = ()
+    upstream_interval: float = 10.0
+    key: Path | None = None  # this controller's RSA private key, toward upper controllers
 
 
 @dataclass(frozen=True)
 class WebConfig:
     host: str = "127.0.0.1"
     port: int = 8080
+    threads: int = 8  # waitress worker threads: pages, polls and results are served by these
 
 
 @dataclass(frozen=True)
@@ -299,7 +314,9 @@ def parse_config(document: Any, *, source: str = "<config>", data_dir: Path | No
     store_url = r.string(store, "url", "store")
 
     c = r.mapping(top.get("controller"), "controller",
-                  ["name", "base_url", "lease_timeout", "max_attempts", "toolchain", "schedule_interval"])
+                  ["name", "base_url", "lease_timeout", "max_attempts", "toolchain", "schedule_interval",
+                   "agent_keys", "result_timeout", "http_agent_expiry", "upstream", "upstream_interval",
+                   "key"])
     tc = r.mapping(c.get("toolchain"), "controller.toolchain", ["name", "version"])
     controller = ControllerConfig(
         name=r.string(c, "name", "controller", "main") or "main",
@@ -309,15 +326,25 @@ def parse_config(document: Any, *, source: str = "<config>", data_dir: Path | No
         toolchain_name=r.string(tc, "name", "controller.toolchain", "bbot") or "bbot",
         toolchain_version=r.string(tc, "version", "controller.toolchain", __version__) or __version__,
         schedule_interval=r.number(c, "schedule_interval", "controller", 0.2, minimum=0.01),
+        agent_keys=_path(r.string(c, "agent_keys", "controller"), base),
+        result_timeout=r.number(c, "result_timeout", "controller", 10_800.0, minimum=1),
+        http_agent_expiry=r.number(c, "http_agent_expiry", "controller", 300.0, minimum=1),
+        upstream=r.strings(c, "upstream", "controller"),
+        upstream_interval=r.number(c, "upstream_interval", "controller", 10.0, minimum=0.01),
+        key=_path(r.string(c, "key", "controller"), base),
     )
+    _check_http_urls(r, "controller.upstream", controller.upstream)
+    if controller.agent_keys is not None:
+        _check_trusted_keys(r, "controller.agent_keys", controller.agent_keys)
+    _check_private_key(r, "controller.key", controller.key)
     for label, value in (("controller.name", controller.name),
                          ("controller.toolchain.name", controller.toolchain_name)):
         if not _NAME_RE.match(value):
             r.problem(label, f"'{value}' must be letters, digits, '_', '.', '+' or '-'")
 
-    w = r.mapping(top.get("web"), "web", ["host", "port"])
+    w = r.mapping(top.get("web"), "web", ["host", "port", "threads"])
     web = WebConfig(r.string(w, "host", "web", "127.0.0.1") or "127.0.0.1",
-                    int(r.number(w, "port", "web", 8080)))
+                    int(r.number(w, "port", "web", 8080)), int(r.number(w, "threads", "web", 8, minimum=1)))
 
     e = r.mapping(top.get("email"), "email", ["sender", "build_email", "smtp"])
     smtp = None
@@ -389,7 +416,7 @@ def parse_config(document: Any, *, source: str = "<config>", data_dir: Path | No
 
     a = r.mapping(top.get("agent"), "agent",
                   ["name", "tftp", "build_timeout", "shutdown_grace", "heartbeat", "machines_dir",
-                   "machines"])
+                   "machines", "controllers", "poll_interval", "poll_backoff_max", "key"])
     t = r.mapping(a.get("tftp"), "agent.tftp", ["host", "port"])
     machines: list[MachineConfig] = []
     for i, item in enumerate(r.items(a.get("machines"), "agent.machines")):
@@ -416,7 +443,13 @@ def parse_config(document: Any, *, source: str = "<config>", data_dir: Path | No
         heartbeat=r.number(a, "heartbeat", "agent", 5.0, minimum=0.1),
         machines_dir=(base / machines_dir) if machines_dir else None,
         machines=tuple(machines),
+        controllers=r.strings(a, "controllers", "agent"),
+        poll_interval=r.number(a, "poll_interval", "agent", 10.0, minimum=0.01),
+        poll_backoff_max=r.number(a, "poll_backoff_max", "agent", 300.0, minimum=0.01),
+        key=_path(r.string(a, "key", "agent"), base),
     )
+    _check_http_urls(r, "agent.controllers", agent.controllers)
+    _check_private_key(r, "agent.key", agent.key)
 
     if r.problems:
         raise ConfigError(source, r.problems)
@@ -432,6 +465,40 @@ def parse_config(document: Any, *, source: str = "<config>", data_dir: Path | No
         sources=tuple(sources),
         agent=agent,
     )
+
+
+def _path(value: str | None, base: Path) -> Path | None:
+    if not value:
+        return None
+    path = Path(os.path.expanduser(value))
+    return path if path.is_absolute() else (base / path).absolute()
+
+
+def _check_http_urls(r: _Reader, where: str, urls: tuple[str, ...]) -> None:
+    for i, url in enumerate(urls):
+        if not re.match(r"^https?://[^/\s]+", url) or "?" in url or "#" in url:
+            r.problem(f"{where}[{i}]", f"'{url}' is not a controller's root URL; write it as "
+                                       "http(s)://host[:port][/root], without '?...'")
+
+
+def _check_trusted_keys(r: _Reader, where: str, directory: Path) -> None:
+    from bbot.brep.keys import AgentKeyError, TrustedKeys
+
+    try:
+        TrustedKeys.load(directory)
+    except AgentKeyError as error:
+        r.problem(where, str(error))
+
+
+def _check_private_key(r: _Reader, where: str, path: Path | None) -> None:
+    if path is None:
+        return
+    from bbot.brep.keys import AgentKeyError, load_private_key
+
+    try:
+        load_private_key(path)
+    except AgentKeyError as error:
+        r.problem(where, f"{error}; make one with: bbot agent-key generate {path}")
 
 
 # Machine types an agent knows; each has one backend file under bbot/agent/machines/.

@@ -19,8 +19,9 @@ from types import FrameType
 from bbot.agent.service import Agent
 from bbot.config import Config
 from bbot.controller.service import Controller
+from bbot.controller.shim import AgentShim
 from bbot.controller.store import BuildRow
-from bbot.controller.web import create_app
+from bbot.controller.web import agents, create_app
 from bbot.controller.web.server import WebServer, serve
 from bbot.wire import log_url
 
@@ -33,6 +34,7 @@ class Farm:
     controller: Controller
     agent: Agent | None
     web: WebServer
+    shim: AgentShim | None = None
 
     @property
     def url(self) -> str:
@@ -43,6 +45,8 @@ class Farm:
         if self.agent is not None:
             self.agent.stop()
         self.web.stop()
+        if self.shim is not None:
+            self.shim.close()
         self.controller.stop()
 
 
@@ -52,8 +56,11 @@ def start_farm(config: Config, *, with_agent: bool = True, port: int | None = No
     controller = Controller(config)
     web_port = config.web.port if port is None else port
     # The web server starts before the controller so the controller's links carry its real port.
-    app = create_app(controller.store, base_url=controller.base_url, submit=controller.submit)
-    web = serve(app, config.web.host, web_port)
+    shim = make_shim(controller)
+    app = create_app(controller.store, base_url=controller.base_url, submit=controller.submit,
+                     handlers=agents.handlers(shim), configurations=config.configurations,
+                     on_force=controller.wake)
+    web = serve(app, config.web.host, web_port, threads=config.web.threads)
     if config.controller.base_url is None:
         controller.base_url = web.url.rstrip("/") + "/"
         app.config["BBOT_BASE_URL"] = controller.base_url
@@ -70,9 +77,22 @@ def start_farm(config: Config, *, with_agent: bool = True, port: int | None = No
             agent.start()
     except BaseException:
         web.stop()
+        shim.close()
         controller.stop()
         raise
-    return Farm(config, controller, agent, web)
+    return Farm(config, controller, agent, web, shim)
+
+
+def make_shim(controller: Controller) -> AgentShim:
+    """brep's agent interface for ``controller``, with its trusted agent keys if configured."""
+    cc = controller.config.controller
+    trusted = None
+    if cc.agent_keys is not None:
+        from bbot.brep.keys import TrustedKeys
+
+        trusted = TrustedKeys.load(cc.agent_keys)  # loaded once, as brep does: restart to add keys
+    return AgentShim(controller, trusted=trusted, result_timeout=cc.result_timeout,
+                     agent_expiry=cc.http_agent_expiry)
 
 
 def results_table(builds: Sequence[BuildRow], base_url: str) -> str:

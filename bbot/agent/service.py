@@ -57,6 +57,19 @@ def make_backends() -> dict[str, MachineBackend]:
     return {"process": ProcessMachine(), "null": NullMachine()}
 
 
+@dataclass(frozen=True)
+class HttpDestination:
+    """Where the result of a task taken over HTTP goes: brep's result URL, with the task's
+    challenge (signed when the result is posted)."""
+
+    result_url: str
+    challenge: str | None = None
+
+
+# A result goes to a results queue (by name: the task's reply_to) or to a result URL.
+Destination = str | HttpDestination
+
+
 @dataclass
 class Slot:
     """One build machine of this agent and what it is doing."""
@@ -112,6 +125,9 @@ class Agent:
         self._consumer: _TaskConsumer | None = None
         self._publisher: bus.Publisher | None = None
         self._outbox: _Outbox | None = None
+        self._spool: Any = None  # poller.ResultSpool, when polling over HTTP
+        self._poller: Any = None  # poller.HttpPoller
+        self._freed = threading.Event()  # set when a machine becomes free (the poller waits on it)
         self._results_exchange = bus.results_exchange()  # made once: kombu entities are costly
 
     # -- start and stop -------------------------------------------------------------------------
@@ -128,6 +144,29 @@ class Agent:
         self.tftp.start()
         log.info("agent %s: TFTP on %s:%d, %d machine(s)", self.config.name, self.config.tftp_host,
                  self.tftp.port, len(self.slots))
+        if self.config.controllers:
+            self._start_polling()
+        else:
+            self._start_consuming()
+
+    def _start_polling(self) -> None:
+        """Take tasks by polling controllers over HTTP (brep's interface); no broker at all."""
+        from bbot.agent.poller import HttpPoller, ResultSpool
+
+        self._spool = ResultSpool(self.work_root / "http-results", self.config, self._private_key())
+        self._spool.start()
+        self._poller = HttpPoller(self, self.config)
+        self._spawn(self._poller.run, "agent-poller")
+
+    def _private_key(self) -> Any:
+        if self.config.key is None:
+            return None
+        from bbot.brep.keys import load_private_key
+
+        return load_private_key(self.config.key)
+
+    def _start_consuming(self) -> None:
+        """Take tasks from the broker's task queues; announce the machines on it."""
         self._publisher = bus.Publisher(self.broker_url, declare=self.broker_declare)
         if not self.broker_declare:
             self._leave_out_unprovisioned()
@@ -166,6 +205,8 @@ class Agent:
             self.tftp.stop()
         if self._outbox is not None:
             self._outbox.stop()  # sends what is still in it first
+        if self._spool is not None:
+            self._spool.stop()  # what it could not post stays on disk, for the next start
         if self._publisher is not None:
             self._publisher.close()
 
@@ -215,6 +256,58 @@ class Agent:
         with self._lock:
             slot.boot = slot.session = None
             self._free[slot.machine.name] += 1
+        self._freed.set()
+
+    def free_headers(self) -> list[MachineHeader]:
+        """The machines free now, one header each (what a poll offers)."""
+        with self._lock:
+            return [s.header() for s in self.slots if s.free]
+
+    def wait_freed(self, timeout: float) -> None:
+        """Wait until a machine becomes free (or ``timeout``, or the agent stops)."""
+        if self._freed.wait(timeout):
+            self._freed.clear()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def wait_stopping(self, timeout: float) -> bool:
+        """Sleep ``timeout`` seconds, or less when the agent stops; True when it stops."""
+        return self._stopping.wait(timeout)
+
+    def post_result(self, destination: HttpDestination, request: ResultRequest) -> None:
+        """Send a result to a result URL (signed, spooled, retried)."""
+        assert self._spool is not None
+        self._spool.put(destination, request)
+
+    def _claim(self, machine_name: str, session: str) -> Slot | None:
+        """A free machine of this name, now busy with ``session``; None when none is free."""
+        with self._lock:
+            slot = next((s for s in self.slots if s.free and s.machine.name == machine_name), None)
+            if slot is not None:
+                slot.boot = BootLife(boot_id=f"{slot.machine.id}-{secrets.token_hex(6)}")
+                slot.session = session
+                self._free[machine_name] -= 1
+        return slot
+
+    def take(self, slot: Slot, task: Task, session: str, destination: Destination) -> None:
+        """Run ``task`` on the claimed ``slot``; its result goes to ``destination``."""
+        assert slot.boot is not None
+        backend = self.backends[slot.machine.type]
+        if backend.instant:
+            self._run_instant(backend, slot, task, session, destination)
+        else:
+            self._spawn(self._run_boot, f"boot-{slot.boot.boot_id}", slot, task, session, destination)
+
+    def take_http(self, task: Task, session: str, destination: HttpDestination) -> bool:
+        """A task taken by polling: run it on a free machine of its name. False when none is
+        free (a controller that handed out a machine the agent did not offer)."""
+        slot = self._claim(task.machine, session)
+        if slot is None:
+            return False
+        self.take(slot, task, session, destination)
+        return True
 
     def on_task(self, machine_name: str, message: Any) -> None:
         """A task message for ``machine_name``: take it onto a free machine, or give it back."""
@@ -241,26 +334,16 @@ class Agent:
             # the first chance. If it comes back to us (redelivered), nobody else took it.
             message.requeue()
             return
-        with self._lock:
-            slot = next((s for s in self.slots if s.free and s.machine.name == machine_name), None)
-            if slot is not None:
-                slot.boot = BootLife(boot_id=f"{slot.machine.id}-{secrets.token_hex(6)}")
-                slot.session = session
-                self._free[machine_name] -= 1
+        slot = self._claim(machine_name, session)
         if slot is None:
             message.requeue()
             return
         assert self._consumer is not None
         self._consumer.handed_on(message)  # acked now, or with the others of this read
-        assert slot.boot is not None
-        backend = self.backends[slot.machine.type]
-        if backend.instant:
-            self._run_instant(backend, slot, task, session, reply_to)
-        else:
-            self._spawn(self._run_boot, f"boot-{slot.boot.boot_id}", slot, task, session, reply_to)
+        self.take(slot, task, session, reply_to)
 
     def _run_instant(self, backend: MachineBackend, slot: Slot, task: Task, session: str,
-                     reply_to: str) -> None:
+                     reply_to: Destination) -> None:
         """A machine that needs no boot: the whole lifecycle at once, on the consumer's thread."""
         life = slot.boot
         assert life is not None
@@ -281,7 +364,7 @@ class Agent:
             if arrived is not None:
                 arrived.set()
 
-    def _run_boot(self, slot: Slot, task: Task, session: str, reply_to: str) -> None:
+    def _run_boot(self, slot: Slot, task: Task, session: str, reply_to: Destination) -> None:
         life = slot.boot
         assert life is not None and self.tftp is not None
         backend = self.backends[slot.machine.type]
@@ -378,8 +461,13 @@ class Agent:
         return Result(task.name, task.version, Status.ABNORMAL,
                       [OperationResult("machine", Status.ABNORMAL, text)])
 
-    def _publish_result(self, request: ResultRequest, reply_to: str, slot: Slot,
+    def _publish_result(self, request: ResultRequest, reply_to: Destination, slot: Slot,
                         metrics: dict[str, float], infrastructure: str | None = None) -> None:
+        if isinstance(reply_to, HttpDestination):
+            # brep's result request has no place for metrics or the failure's kind: the
+            # result's status and logs say it all (abnormal, with the machine's log).
+            self.post_result(reply_to, request)
+            return
         assert self._outbox is not None
         headers: dict[str, Any] = {
             names.HEADER_AGENT: self.config.name,

@@ -383,3 +383,74 @@ class ConsumerLoop(ConsumerMixin):  # type: ignore[misc]
                                    interval_step=RETRY_POLICY["interval_step"],
                                    interval_max=RETRY_POLICY["interval_max"])
             yield conn
+
+
+class BrokerUnavailable(RuntimeError):
+    """The broker could not be reached within a request's patience: try again later."""
+
+
+class TaskGetter:
+    """``basic.get`` on task queues, for handing tasks out over HTTP (the controller's shim).
+
+    Each web server thread has its own connection and channel (kombu connections
+    are not thread-safe). A message got here is the caller's until it acks or
+    requeues it, on the same thread. A missing queue (on a provisioned broker)
+    answers None, like an empty one; a broker that stays away raises
+    BrokerUnavailable after kombu's reconnect attempts.
+    """
+
+    def __init__(self, url: str, *, declare: bool = True) -> None:
+        self._url = url
+        self._declare = declare
+        self._local = threading.local()
+        self._connections: list[Connection] = []
+        self._lock = threading.Lock()
+        self._queues: dict[str, Queue] = {}  # kombu entities are costly to make: one per name
+
+    def _state(self) -> Any:
+        state = self._local
+        if getattr(state, "connection", None) is None:
+            state.connection = connect(self._url)
+            state.channel = None
+            state.declared = set()
+            with self._lock:
+                self._connections.append(state.connection)
+        return state
+
+    def get(self, machine_name: str) -> Any | None:
+        """The next task for ``machine_name``, unacknowledged; None when there is none."""
+        queue = self._queues.get(machine_name)
+        if queue is None:
+            queue = self._queues[machine_name] = task_queue(machine_name, declare=self._declare)
+        state = self._state()
+        connection: Connection = state.connection
+        for attempt in range(2):
+            try:
+                if state.channel is None or not getattr(state.channel, "is_open", True):
+                    connection.ensure_connection(max_retries=2, interval_start=0.1, interval_step=0.2)
+                    state.channel = connection.channel()
+                    state.declared.clear()
+                bound = queue(state.channel)
+                if self._declare and machine_name not in state.declared:
+                    bound.declare()
+                    state.declared.add(machine_name)
+                return bound.get(no_ack=False)
+            except connection.channel_errors as e:
+                # No such queue on a provisioned broker: the channel is closed, the queue is empty.
+                log.debug("no task queue for machine %s: %s", machine_name, e)
+                state.channel = None
+                return None
+            except connection.connection_errors as e:
+                state.channel = None
+                with contextlib.suppress(Exception):
+                    connection.collect()
+                if attempt:
+                    raise BrokerUnavailable(f"the broker is unreachable: {e}") from e
+        return None  # pragma: no cover - the loop returns or raises
+
+    def close(self) -> None:
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for connection in connections:
+            with contextlib.suppress(Exception):
+                connection.release()

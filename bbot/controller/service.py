@@ -89,6 +89,7 @@ class Controller:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._changed = threading.Condition()
+        self._issued = threading.Condition()  # notified after each scheduler pass that published
         self._threads: list[threading.Thread] = []
         self._publisher: bus.Publisher | None = None
         self._consumer: _ControllerConsumer | None = None
@@ -302,16 +303,17 @@ class Controller:
         declare = self.config.broker_declare
         exchange = bus.tasks_exchange()
         queues: dict[str, tuple[Queue, ...]] = {}
+        # A task from an upper controller goes down as it came (its machine is one of ours).
+        from_above = self.store.upstream_task_texts([b.id for b, _ in chosen if b.kind == "upstream"])
         for build, machine_name in chosen:
-            task = Task(
+            text = from_above.get(build.id) or Task(
                 name=build.package_name, version=build.package_version,
                 repository_url=f"{build.repository_url}#{build.commit}", machine=machine_name,
                 target=build.target, target_config=build.config_args or None,
                 warning_regex=list(build.warning_regex),
-            )
+            ).to_text()
             previous_ns = int(build.session.rsplit("/", 1)[1]) if build.session else 0
             session = str(new_session(build.key, previous_ns))
-            text = task.to_text()
             items.append(IssueItem(build.id, session, now + self.cc.lease_timeout, text))
             headers: dict[str, Any] = {}
             if build.attempt > 0:
@@ -329,7 +331,16 @@ class Controller:
             return 0
         issued = self.store.issue_many(items)
         self._publisher.publish_many([messages[build_id] for build_id in issued])
+        if issued:
+            with self._issued:
+                self._issued.notify_all()
         return len(issued)
+
+    def wait_issued(self, timeout: float) -> bool:
+        """Wait until the scheduler published tasks (for an HTTP poll that found none); False on
+        timeout."""
+        with self._issued:
+            return self._issued.wait(timeout)
 
     # -- results --------------------------------------------------------------------------------
 
