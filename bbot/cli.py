@@ -136,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the controller's URL (default $BBOT_CONTROLLER or http://127.0.0.1:8080/)")
     submit.set_defaults(func=cmd_submit)
 
+    from bbot.brep import keys_cli
     from bbot.manifest import cli as manifest_cli
     from bbot.worker import cli as worker_cli
     from broker import cli as broker_cli
@@ -143,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     manifest_cli.add_parser(sub)
     worker_cli.add_parser(sub)
     broker_cli.add_parser(sub)
+    keys_cli.add_parser(sub)
     return parser
 
 
