@@ -498,7 +498,7 @@ def _check_private_key(r: _Reader, where: str, path: Path | None) -> None:
     try:
         load_private_key(path)
     except AgentKeyError as error:
-        r.problem(where, f"{error}; make one with: bbot agent-key generate {path}")
+        r.problem(where, str(error))
 
 
 # Machine types an agent knows; each has one backend file under bbot/agent/machines/.

@@ -31,14 +31,15 @@ class Reply:
 
 
 def http(url: str, body: bytes | None = None, *, method: str = "POST",
-         headers: dict[str, str] | None = None, timeout: float = 30) -> Reply:
+         headers: dict[str, str] | None = None, timeout: float = 30, chunked: bool = False) -> Reply:
     """One raw HTTP/1.1 request over a real socket; the path and query are sent as given."""
     parts = urlsplit(url)
     connection = httplib.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
     try:
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         connection.request(method, target, body=body,
-                           headers={"Content-Type": "text/manifest", **(headers or {})})
+                           headers={"Content-Type": "text/manifest", **(headers or {})},
+                           encode_chunked=chunked)
         response = connection.getresponse()
         return Reply(response.status, response.getheader("Content-Type", ""), response.read())
     finally:
