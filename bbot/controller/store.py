@@ -1477,6 +1477,77 @@ class Store:
             )
             return int(conn.execute(query).scalar_one())
 
+    def find_builds(
+        self,
+        *,
+        tenant: str | None = None,
+        package: str | None = None,
+        versions: Sequence[str] = (),
+        toolchain: str | None = None,
+        target: str | None = None,
+        target_config: str | None = None,
+        package_config: str | None = None,
+        states: Sequence[BuildState] = (),
+        statuses: Sequence[Status] = (),
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[int, list[tuple[BuildRow, list[OperationRow]]]]:
+        """brep's build list (``?builds``): how many builds match, and one page of them, latest
+        first, each with its operations (names and statuses; logs left out, as ``""``).
+
+        ``package``, ``toolchain`` (over ``<name>-<version>``), ``target``, ``target_config``
+        and ``package_config`` are shell wildcards over the whole value, ``*`` and ``?``
+        the only special characters, matched case-sensitively on both databases; a build
+        matches ``versions`` when it matches any of them. ``tenant`` None means every
+        tenant; empty ``states`` or ``statuses`` mean any.
+        """
+        if limit < 0 or offset < 0:
+            raise ValueError(f"limit ({limit}) and offset ({offset}) must not be negative")
+        sqlite = self._engine.dialect.name == "sqlite"
+
+        def matches(column: sa.ColumnElement[Any], wildcard: str) -> sa.ColumnElement[bool]:
+            # SQLite's LIKE ignores case and PostgreSQL has no GLOB: each gets its own.
+            if sqlite:
+                return column.bool_op("GLOB")(wildcard.replace("[", "[[]"))
+            escaped = wildcard.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            return column.like(escaped.replace("*", "%").replace("?", "_"), escape="\\")
+
+        where: list[sa.ColumnElement[bool]] = []
+        if tenant is not None:
+            where.append(builds.c.tenant == tenant)
+        for column, wildcard in (
+            (builds.c.package_name, package),
+            (builds.c.toolchain_name + "-" + builds.c.toolchain_version, toolchain),
+            (builds.c.target, target),
+            (builds.c.configuration, target_config),
+            (builds.c.package_config, package_config),
+        ):
+            if wildcard is not None:
+                where.append(matches(column, wildcard))
+        if versions:
+            where.append(sa.or_(*(matches(builds.c.package_version, v) for v in versions)))
+        if states:
+            where.append(builds.c.state.in_([s.value for s in states]))
+        if statuses:
+            where.append(builds.c.status.in_([s.value for s in statuses]))
+        latest = sa.func.coalesce(builds.c.finished_at, builds.c.issued_at, builds.c.created_at)
+        with self._tx(write=False) as conn:
+            total = int(conn.execute(sa.select(sa.func.count()).select_from(builds).where(*where))
+                        .scalar_one())
+            query = (self._select_builds().where(*where).order_by(latest.desc(), builds.c.id.desc())
+                     .limit(limit).offset(offset))
+            rows = [_build_row(m) for m in conn.execute(query).mappings()]
+            found: dict[int, list[OperationRow]] = {row.id: [] for row in rows}
+            for chunk in _chunks(list(found)):
+                ops = conn.execute(
+                    sa.select(operations.c.build_id, operations.c.name, operations.c.status)
+                    .where(operations.c.build_id.in_(chunk))
+                    .order_by(operations.c.build_id, operations.c.position)
+                )
+                for build_id, name, status in ops:
+                    found[int(build_id)].append(OperationRow(name=name, status=Status(status), log=""))
+        return total, [(row, found[row.id]) for row in rows]
+
     # ----------------------------------------------------------------- counters
 
     def counters(self) -> dict[str, int]:

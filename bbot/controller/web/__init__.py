@@ -11,7 +11,7 @@ from flask import Flask, Response
 
 from bbot.config import BuildConfiguration
 from bbot.controller.store import Store
-from bbot.controller.web import api, brep, logs, pages
+from bbot.controller.web import api, brep, logs, pages, people
 from bbot.controller.web.common import BASE_URL_KEY, CONFIGURATIONS_KEY, FORCE_KEY, STORE_KEY, SUBMIT_KEY
 
 __all__ = ["create_app"]
@@ -54,6 +54,7 @@ def create_app(
     api.register(app)
     brep.register(app)
     brep.add_handlers(app, handlers or {})
+    people.register(app)
     logs.register(app)  # last: its catch-all route must not shadow the others
 
     @app.get("/healthz")
