@@ -55,6 +55,7 @@ from bbot.controller.store import (
     ResultOutcome,
     Store,
 )
+from bbot.controller.upstream import UpstreamLink
 from bbot.manifest import ManifestError, ResultRequest, Task, TaskRequest
 from bbot.manifest.status import Status
 from bbot.wire import DEFAULT_PACKAGE_CONFIG, new_session
@@ -94,6 +95,7 @@ class Controller:
         self._publisher: bus.Publisher | None = None
         self._consumer: _ControllerConsumer | None = None
         self._pollers: list[GitPoller] = []
+        self.upstream: UpstreamLink | None = None  # with controller.upstream: tasks from above
         self._started = time.monotonic()
         self._mail_queue: queue.Queue[int | None] = queue.Queue()
         self._patterns: set[str] = set()
@@ -133,12 +135,17 @@ class Controller:
                                self._on_commit, self.config.data_dir / "sources" / f"{source.name}.heads")
             self._pollers.append(poller)
             poller.start()
+        if self.cc.upstream:
+            self.upstream = UpstreamLink(self)
+            self.upstream.start()
 
     def stop(self) -> None:
         self._stopping.set()
         self._wake.set()
         for poller in self._pollers:
             poller.stop()
+        if self.upstream is not None:
+            self.upstream.stop()
         if self._consumer is not None:
             self._consumer.should_stop = True
         for t in self._threads:
@@ -409,6 +416,8 @@ class Controller:
             self._notify(build_id)
         if build_ids:
             self._changed_notify()
+            if self.upstream is not None:
+                self.upstream.results_ready()
         self.wake()
 
     def _infrastructure_failure(self, session: str, reason: str, agent: str | None,

@@ -31,10 +31,14 @@ def counts_as_previous(status: Status | None) -> bool:
     return status is not None and status not in SILENT_STATUSES
 
 
+# Builds of tasks taken from an upper controller: that controller mails about them.
+UPSTREAM = "upstream"
+
+
 def may_mail(*, kind: str, status: Status | None, build_email: Sequence[str],
              author_email: str | None = None, submitter_email: str | None = None) -> bool:
     """Whether ``recipients`` can name anyone, whatever the previous status (spares looking it up)."""
-    if status is None or status in SILENT_STATUSES:
+    if status is None or status in SILENT_STATUSES or kind == UPSTREAM:
         return False
     return bool(build_email or (kind == "git" and author_email and status >= Status.WARNING)
                 or (kind == "submit" and submitter_email))
@@ -50,7 +54,7 @@ def recipients(
     submitter_email: str | None = None,
 ) -> list[str]:
     """The addresses to mail, in order, each once (compared without case)."""
-    if status is None or status in SILENT_STATUSES:
+    if status is None or status in SILENT_STATUSES or kind == UPSTREAM:
         return []
     chosen: list[str] = []
     if previous_status is None or previous_status != status:

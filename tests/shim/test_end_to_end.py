@@ -1,0 +1,129 @@
+"""End to end over brep's interface, with real builds of the sample project:
+
+- an agent that polls the controller over HTTP (signed challenges);
+- an AMQP agent below a middle controller on RabbitMQ, which takes its tasks
+  from a top controller over HTTP and sends the results up: the build shows
+  at the top with its logs, and the top mails about it.
+"""
+
+from __future__ import annotations
+
+import mailbox
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from bbot.agent.service import Agent
+from bbot.brep import keys
+from bbot.config import AgentConfig, Config, MachineConfig, WebConfig, load_config
+from bbot.controller.lease import BuildState
+from bbot.farm import Farm, start_farm
+from bbot.manifest.status import Status
+from bbot.wire import log_url
+from tests.conftest import SAMPLE, git_repo
+from tests.shim.conftest import shim_config, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def agent_config(unique: str, name: str, **kwargs: object) -> AgentConfig:
+    return AgentConfig(
+        name=name, heartbeat=0.5, build_timeout=120,
+        machines=(MachineConfig(f"{name}-1", f"linux_{unique}-gcc", "local GCC, process machine"),),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        text: str = reply.read().decode()
+        return text
+
+
+def check_top(top: Farm, set_id: int, agent_name: str) -> None:
+    assert top.controller.wait_for_sets([set_id], timeout=180)
+    (build,) = top.controller.store.set_builds(set_id)
+    assert build.state is BuildState.BUILT
+    assert build.status is Status.SUCCESS, top.controller.store.operations(build.id)
+    assert build.agent == agent_name
+    assert [op.name for op in top.controller.store.operations(build.id)] == [
+        "configure", "update", "test", "install"]
+    page = fetch(log_url(top.url, build.key, "update"))
+    assert "update: success" in page and "build machine:     linux_" in page
+    # The submitter's mail, from the top controller, linking to the top's log pages.
+    box = mailbox.Maildir(top.config.data_dir / "outbox", create=False)
+    mails = [m for m in box if "sub@example.org" in (m["To"] or "")]
+    assert len(mails) == 1 and "success" in mails[0]["Subject"]
+    assert log_url(top.url, build.key) in mails[0].get_payload()
+
+
+def submit(top: Farm, tmp_path: Path) -> int:
+    git_repo(tmp_path / "libhello", SAMPLE)
+    return top.controller.submit(f"file://{tmp_path / 'libhello'}#main", email="sub@example.org")
+
+
+def test_an_agent_polling_over_http_with_keys(tmp_path: Path, unique: str) -> None:
+    key_path = tmp_path / "agent.pem"
+    keys.write_private_key(keys.generate_private_key(2048), key_path)
+    trusted = tmp_path / "agent-keys"
+    trusted.mkdir()
+    (trusted / "remote.pem").write_text(keys.public_pem(keys.load_private_key(key_path)))
+    top = start_farm(shim_config(tmp_path / "top", unique, "memory://", agent_keys=trusted), with_agent=False)
+    agent = None
+    try:
+        set_id = submit(top, tmp_path)
+        config = agent_config(unique, f"remote-{unique}", controllers=(top.url,), poll_interval=0.2,
+                              key=key_path)
+        # Its own data directory and no broker at all: it talks HTTP only.
+        agent = Agent(config, broker_url="amqp://nobody:nothing@127.0.0.1:1//", data_dir=tmp_path / "remote")
+        agent.start()
+        check_top(top, set_id, f"remote-{unique}")
+        assert top.controller.store.counters().get("results_dropped_auth") is None
+        assert wait_for(lambda: agent._spool.pending() == [], what="the spool to empty")
+    finally:
+        if agent is not None:
+            agent.stop()
+        top.stop()
+
+
+def middle_config(tmp_path: Path, unique: str, rabbitmq: str, top_url: str, key: Path) -> Config:
+    base = load_config(None, data_dir=tmp_path / "middle")
+    return replace(
+        base,
+        broker_url=rabbitmq,
+        web=WebConfig("127.0.0.1", 0),
+        controller=replace(base.controller, name=f"middle-{unique}", schedule_interval=0.05,
+                           upstream=(top_url,), upstream_interval=0.2, key=key),
+        agent=agent_config(unique, f"low-{unique}"),
+        configurations=(),  # it builds only what comes from above
+    )
+
+
+@pytest.mark.rabbitmq
+def test_agent_below_a_middle_controller_below_a_top_controller(tmp_path: Path, unique: str,
+                                                                 rabbitmq: str) -> None:
+    key_path = tmp_path / "middle.pem"
+    keys.write_private_key(keys.generate_private_key(2048), key_path)
+    trusted = tmp_path / "agent-keys"
+    trusted.mkdir()
+    (trusted / "middle.pem").write_text(keys.public_pem(keys.load_private_key(key_path)))
+    top = start_farm(shim_config(tmp_path / "top", unique, "memory://", agent_keys=trusted), with_agent=False)
+    middle = None
+    try:
+        set_id = submit(top, tmp_path)
+        middle = start_farm(middle_config(tmp_path, unique, rabbitmq, top.url, key_path))
+        check_top(top, set_id, f"middle-{unique}")
+        # The middle built it as a build of its own, from the top's task, and mailed nobody.
+        (local,) = middle.controller.store.list_builds()
+        assert (local.kind, local.state, local.status) == ("upstream", BuildState.BUILT, Status.SUCCESS)
+        assert local.agent == f"low-{unique}"
+        wait_for(lambda: middle.controller.upstream is not None and middle.controller.upstream.posted == 1,
+                 what="the middle to mark the result posted")
+        assert not list((middle.config.data_dir / "outbox").glob("*/*"))
+        assert top.controller.store.counters().get("results_dropped_auth") is None
+    finally:
+        if middle is not None:
+            middle.stop()
+        top.stop()
