@@ -107,6 +107,21 @@ def log_path(key: BuildKey, operation: str | None = None) -> str:
     return "/".join(parts)
 
 
+def force_url(base_url: str, key: BuildKey) -> str:
+    """brep's rebuild URL for a build (§3.10, §3.12), ending in ``reason=`` for a person to fill in.
+
+    As brep does, versions go in unencoded: their '+' comes back as a space, which
+    the ``?build-force`` handler turns into '+' again.
+    """
+    from bbot.brep.protocol import BUILD_FORCE, FORCE_PARAMETERS, FORCE_REASON, handler_url
+
+    values = (key.package_name, key.package_version, key.target, key.target_config, key.package_config,
+              key.toolchain_name, key.toolchain_version)
+    query = "".join(f"&{name}={quote(value, safe='+' if name in ('pv', 'tv') else '')}"
+                    for name, value in zip(FORCE_PARAMETERS, values, strict=True))
+    return f"{handler_url(base_url, BUILD_FORCE, key.tenant)}{query}&{FORCE_REASON}="
+
+
 def log_url(base_url: str, key: BuildKey, operation: str | None = None) -> str:
     """``base_url`` is the controller's root URL, with or without a trailing '/'."""
     return base_url.rstrip("/") + "/" + log_path(key, operation)

@@ -170,6 +170,11 @@ def result_url(base_url: str, tenant: str = "") -> str:
     return handler_url(base_url, BUILD_RESULT, tenant)
 
 
+# ?build-force's parameters (§3.12), in the order brep writes them.
+FORCE_PARAMETERS = ("pn", "pv", "tg", "tc", "pc", "tn", "tv")
+FORCE_REASON = "reason"
+
+
 # Counter names (in the store): one place for what the shim counts.
 COUNTER_AUTH_FAILED = "results_dropped_auth"
 COUNTER_NOT_HANDED_OUT = "results_dropped_not_handed_out"

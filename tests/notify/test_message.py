@@ -59,7 +59,10 @@ def test_body_lists_combined_and_each_operation_with_log_urls() -> None:
         "commit: 0123abc\n"
         "author: Ann Author <ann@example.org>\n\n"
         "Build page:\n\n"
-        "  https://ci.example.org/builds/42\n"
+        "  https://ci.example.org/builds/42\n\n"
+        "Rebuild (add the reason at the end):\n\n"
+        "  https://ci.example.org/?build-force&pn=libhello&pv=1.2.3+1&tg=x86_64-linux-gnu"
+        "&tc=linux_debian_12-gcc_13&pc=default&tn=public&tv=0.17.0&reason=\n"
     )
 
 
@@ -72,5 +75,8 @@ def test_body_without_operations_says_so_and_why() -> None:
         "No operation results available.\n\n"
         "reason: 3 attempts without a result\n\n"
         "Build page:\n\n"
-        "  http://localhost:8080/builds/42\n"
+        "  http://localhost:8080/builds/42\n\n"
+        "Rebuild (add the reason at the end):\n\n"
+        "  http://localhost:8080/?build-force&pn=libhello&pv=1.2.3+1&tg=x86_64-linux-gnu"
+        "&tc=linux_debian_12-gcc_13&pc=default&tn=public&tv=0.17.0&reason=\n"
     )

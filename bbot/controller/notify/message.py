@@ -8,7 +8,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
 from bbot.controller.store import BuildRow, OperationRow
-from bbot.wire import log_url
+from bbot.wire import force_url, log_url
 
 # Long subjects stay on one line (RFC 5322 allows 998 characters): folding them
 # right after "Subject:" leaves a leading space in some readers.
@@ -57,6 +57,8 @@ def body(build: BuildRow, operations: Sequence[OperationRow], *, base_url: str) 
             lines += [f"author: {author}"]
         lines += [""]
     lines += ["Build page:", "", f"  {build_page_url(base_url, build.id)}", ""]
+    # As brep's mails: a rebuild link, to complete with the reason.
+    lines += ["Rebuild (add the reason at the end):", "", f"  {force_url(base_url, build.key)}", ""]
     return "\n".join(lines)
 
 

@@ -25,6 +25,7 @@ from urllib.parse import quote, urlencode
 
 from flask import Flask, Response, current_app, render_template, request
 
+from bbot.brep import protocol
 from bbot.brep.protocol import (
     BUILD_CONFIGS,
     BUILD_FORCE,
@@ -33,7 +34,6 @@ from bbot.brep.protocol import (
     PAYLOAD_TOO_LARGE,
     HttpError,
     Route,
-    handler_url,
 )
 from bbot.config import BuildConfiguration
 from bbot.controller.lease import BuildState
@@ -42,7 +42,7 @@ from bbot.controller.web import brep
 from bbot.controller.web.common import CONFIGURATIONS_KEY, FORCE_KEY, base_url, format_time, store
 from bbot.controller.web.logs import log_links
 from bbot.manifest.status import Status
-from bbot.wire import BuildKey
+from bbot.wire import BuildKey, force_url
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +63,10 @@ MISSING_REASON = "missing rebuild reason"
 FORCED_REBUILD_SECONDS = 0
 
 # ?build-force parameters (all required), in brep's URL order, with what they name.
-FORCE_PARAMETERS = (
-    ("pn", "package name"),
-    ("pv", "package version"),
-    ("tg", "target"),
-    ("tc", "target configuration"),
-    ("pc", "package configuration"),
-    ("tn", "toolchain name"),
-    ("tv", "toolchain version"),
-)
-REASON = "reason"
+FORCE_PARAMETERS = tuple(zip(protocol.FORCE_PARAMETERS, (
+    "package name", "package version", "target", "target configuration", "package configuration",
+    "toolchain name", "toolchain version"), strict=True))
+REASON = protocol.FORCE_REASON
 
 BUILDS_PARAMETERS = ("pv", "th", "tg", "tc", "pc", "rs", "p")
 
@@ -250,21 +244,6 @@ def force_request(route: Route) -> ForceRequest:
     key = BuildKey(values["pn"], values["pv"], values["tg"], values["tc"], values["pc"],
                    values["tn"], values["tv"], tenant=route.tenant)
     return ForceRequest(key, reason)
-
-
-def force_url(base: str, key: BuildKey) -> str:
-    """brep's rebuild URL for a build, ending in ``reason=`` for a person to fill in.
-
-    As brep does, versions go in unencoded: their '+' comes back as a space, which
-    ``force_request`` turns into '+' again.
-    """
-    parts = [("pn", key.package_name), ("pv", key.package_version), ("tg", key.target),
-             ("tc", key.target_config), ("pc", key.package_config), ("tn", key.toolchain_name),
-             ("tv", key.toolchain_version)]
-    query = "".join(
-        f"&{name}={quote(value, safe='+' if name in ('pv', 'tv') else '')}" for name, value in parts
-    )
-    return f"{handler_url(base, BUILD_FORCE, key.tenant)}{query}&{REASON}="
 
 
 # --------------------------------------------------------------------------- pages
