@@ -66,6 +66,9 @@ log = logging.getLogger(__name__)
 _SUBMIT_URL_RE = re.compile(r"^(https?|git|ssh|file)://[^\s]+$|^/[^\s]*$")
 
 
+# How often hand-overs to HTTP agents are pruned (seconds).
+HTTP_PRUNE_INTERVAL = 60.0
+
 # Tasks out per live machine: one building, one waiting in the queue for the moment it frees.
 OUTSTANDING_PER_MACHINE = 2
 
@@ -101,6 +104,7 @@ class Controller:
         self._patterns: set[str] = set()
         self._queues_seen: set[str] = set()
         self._patterns_read_at = 0.0
+        self._pruned_at = 0.0
         # kombu's in-memory transport acks one delivery at a time, whatever ``multiple`` says.
         self._ack_multiple = not config.broker_url.startswith("memory://")
 
@@ -238,6 +242,10 @@ class Controller:
         if time.monotonic() - self._started >= grace and self._results_caught_up():
             for build in self.store.expired_leases(now):
                 self._end_lease(build, "agent lost: no result and no heartbeat within its lease")
+        if now - self._pruned_at >= HTTP_PRUNE_INTERVAL:
+            # Hand-overs to HTTP agents whose results can no longer come (their leases ended).
+            self.store.prune_http_leases(now - 2 * self.cc.result_timeout)
+            self._pruned_at = now
         # Say why builds wait for a machine nobody offers; the others may go out.
         machine_for: dict[str, str] = {}
         for pattern in self._queued_patterns(now):
