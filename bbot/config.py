@@ -19,7 +19,13 @@ Example (every key is optional)::
       lease_timeout: 3600   # how long a task may wait for an agent to take it
       max_attempts: 3       # issues of one build before it ends abnormal
       toolchain: {name: public, version: 0.1.0}
-    web: {host: 0.0.0.0, port: 8080}
+      agent_keys: /etc/bbot/agent-keys   # trusted agents' public keys (brep's ?build-task/?build-result)
+      result_timeout: 10800              # seconds an agent polling over HTTP has for a result
+      http_agent_expiry: 300             # an HTTP agent silent this long is taken for gone
+      upstream: ["https://ci.example.org/"]   # take tasks from upper controllers, as an agent
+      upstream_interval: 10
+      key: /etc/bbot/controller.pem      # signs the upper controllers' challenges
+    web: {host: 0.0.0.0, port: 8080, threads: 8}
     email:
       sender: bbot@example.org
       build_email: [builds@example.org]
@@ -36,6 +42,10 @@ Example (every key is optional)::
       tftp: {host: 127.0.0.1, port: 0}
       build_timeout: 1800
       heartbeat: 5          # announcements; three missed ones and its builds are leased again
+      controllers: ["https://ci.example.org/"]   # poll these over HTTP instead of using the broker
+      poll_interval: 10
+      poll_backoff_max: 300
+      key: /etc/bbot/agent.pem   # `bbot agent-key generate`; signs challenges
       machines:
         - {id: m1, name: linux_debian_12-gcc_12, summary: "Debian 12, GCC 12", type: process}
         - {id: n1, name: null-x86_64, type: null}   # reports success at once: for benchmarks
