@@ -59,17 +59,23 @@ def check_top(top: Farm, set_id: int, agent_name: str) -> None:
     assert log_url(top.url, build.key) in mails[0].get_payload()
 
 
+def trusted_key(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """A private key for agent ``name``, and a keys directory that trusts it."""
+    key_path = tmp_path / f"{name}.pem"
+    keys.write_private_key(keys.generate_private_key(2048), key_path)
+    trusted = tmp_path / "agent-keys"
+    trusted.mkdir()
+    (trusted / f"{name}.pem").write_text(keys.public_pem(keys.load_private_key(key_path)))
+    return key_path, trusted
+
+
 def submit(top: Farm, tmp_path: Path) -> int:
     git_repo(tmp_path / "libhello", SAMPLE)
     return top.controller.submit(f"file://{tmp_path / 'libhello'}#main", email="sub@example.org")
 
 
 def test_an_agent_polling_over_http_with_keys(tmp_path: Path, unique: str) -> None:
-    key_path = tmp_path / "agent.pem"
-    keys.write_private_key(keys.generate_private_key(2048), key_path)
-    trusted = tmp_path / "agent-keys"
-    trusted.mkdir()
-    (trusted / "remote.pem").write_text(keys.public_pem(keys.load_private_key(key_path)))
+    key_path, trusted = trusted_key(tmp_path, "remote")
     top = start_farm(shim_config(tmp_path / "top", unique, "memory://", agent_keys=trusted), with_agent=False)
     agent = None
     try:
@@ -104,11 +110,7 @@ def middle_config(tmp_path: Path, unique: str, rabbitmq: str, top_url: str, key:
 @pytest.mark.rabbitmq
 def test_agent_below_a_middle_controller_below_a_top_controller(tmp_path: Path, unique: str,
                                                                  rabbitmq: str) -> None:
-    key_path = tmp_path / "middle.pem"
-    keys.write_private_key(keys.generate_private_key(2048), key_path)
-    trusted = tmp_path / "agent-keys"
-    trusted.mkdir()
-    (trusted / "middle.pem").write_text(keys.public_pem(keys.load_private_key(key_path)))
+    key_path, trusted = trusted_key(tmp_path, "middle")
     top = start_farm(shim_config(tmp_path / "top", unique, "memory://", agent_keys=trusted), with_agent=False)
     middle = None
     try:
