@@ -150,7 +150,13 @@ class AgentShim:
                                              "poll again later") from error
                     if message is None:
                         break
-                    reply = self._consider(message, request, machine, params, put_back)
+                    try:
+                        reply = self._consider(message, request, machine, params, put_back)
+                    except BaseException:
+                        # Not handed out (the store failed?): back to the queue for the next poll,
+                        # not left unacknowledged on this thread's channel.
+                        put_back.append(message)
+                        raise
                     if reply is not None:
                         return reply
             return None
@@ -193,10 +199,10 @@ class AgentShim:
             self.controller.store.bump(protocol.COUNTER_STALE_TASKS)
             message.ack()
             return None
-        message.ack()
         tenant = _tenant_of(session)
         response = TaskResponse(session=session, challenge=challenge,
                                 result_url=protocol.result_url(self.controller.base_url, tenant), task=task)
+        message.ack()  # last: until here an error puts the task back
         log.info("handed task %s to agent %s (machine %s) over HTTP", session, request.agent, machine.name)
         return Reply(200, response.to_text(), manifest=True)
 
