@@ -74,8 +74,12 @@ def parse_session(text: str) -> Session:
     tenant, name, version, target, tcfg, pcfg, tc_name, tc_version, stamp = parts
     if not all([name, version, target, tcfg, pcfg, tc_name, tc_version]):
         raise SessionError("invalid session: empty component")
-    if not stamp.isdigit():
+    # ASCII digits only (str.isdigit takes '²' too), and no more than nanoseconds since the
+    # epoch ever need (20 digits hold any 64-bit count).
+    if not (stamp.isascii() and stamp.isdigit()):
         raise SessionError("invalid session: timestamp: trailing junk")
+    if len(stamp) > 20:
+        raise SessionError("invalid session: timestamp: out of range")
     key = BuildKey(name, version, target, tcfg, pcfg, tc_name, tc_version, tenant=tenant)
     return Session(key, int(stamp))
 

@@ -149,6 +149,12 @@ def result_parameters(route: Route) -> None:
         raise HttpError(400, f"unknown parameter '{route.params[0][0]}'")
 
 
+def reason_line(text: str) -> str:
+    """A rejection's reason on one line: line breaks it quotes from the request (a multi-line
+    manifest value, an encoded URL parameter) are written as ``\\n`` and ``\\r``."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def check_length(content_length: int | None, limit: int) -> None:
     """413 before reading a body that says it is over ``limit``."""
     if content_length is not None and content_length > limit:

@@ -20,11 +20,9 @@ and byte level) and for query strings:
 (d) a result with a valid manifest and any session is a 400 or a 200, and
     never builds anything; a 200 only counts one dropped result.
 
-The properties found shim bugs, pinned by the strict ``xfail`` tests at the
-end: a 500 for some session timestamps, and reasons that echo a request
-value with its line breaks. The properties allow exactly those
-(``known_bug``, ``without_echoed_values``); once a bug is fixed its xfail
-test passes, fails as strict, and the allowance goes with it.
+The properties found two shim bugs, now fixed and kept as regression tests at
+the end: a 500 for some session timestamps, and reasons that echoed a request
+value with its line breaks (reasons now write them ``\n``).
 
 Requests that never reach the shim are checked for what their server does:
 a request line with bytes outside ASCII gets waitress's own 400, and a path
@@ -36,7 +34,6 @@ from __future__ import annotations
 
 import http.client as httplib
 import os
-import re
 import socket
 import uuid
 from collections.abc import Iterator
@@ -47,6 +44,7 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
+from bbot.brep.protocol import reason_line
 from bbot.controller import shim as shim_module
 from bbot.controller.lease import BuildState
 from bbot.controller.store import NewBuild, NewBuildSet
@@ -209,8 +207,8 @@ def reason(reply: Reply) -> str:
 
 
 def as_reply(text: str) -> str:
-    """The body of a text/plain rejection: the text, ending with a newline."""
-    return text if text.endswith("\n") else text + "\n"
+    """The body of a text/plain rejection: the text on one line, then a newline."""
+    return reason_line(text) + "\n"
 
 
 def parse_error(kind: type[TaskRequest] | type[ResultRequest], body: bytes) -> str | None:
@@ -222,26 +220,6 @@ def parse_error(kind: type[TaskRequest] | type[ResultRequest], body: bytes) -> s
     except UnicodeDecodeError:
         return f"{kind.STREAM}:1:1: error: invalid UTF-8 sequence"
     return None
-
-
-def known_bug(body: bytes) -> str | None:
-    """The 5xx bug (pinned by an xfail test below) this request runs into, or None."""
-    try:
-        session = ResultRequest.from_text(body).session
-    except (ManifestError, UnicodeDecodeError):
-        return None
-    stamp = session.rsplit("/", 1)[-1]
-    if stamp.isdigit() and (not stamp.isascii() or len(stamp) > INT_MAX_STR_DIGITS):
-        return "500 on the session's timestamp"  # test_a_timestamp_int_cannot_read_is_a_400
-    return None
-
-
-def without_echoed_values(text: str) -> str:
-    """The reason without the request's values it quotes: the known bug (pinned by the xfail
-    tests below) is that those keep their line breaks."""
-    text = re.sub(r"'.*'", "'...'", text, flags=re.DOTALL)
-    text = re.sub(r"unsupported format version .*", "unsupported format version ...", text, flags=re.DOTALL)
-    return re.sub(r"the result is for .*, the session for .*", "the result is for ...", text, flags=re.DOTALL)
 
 
 def reaches_the_shim(target: bytes) -> bool:
@@ -264,14 +242,11 @@ def check_reply(fuzz: FuzzFarm, reply: Reply, before: State, target: bytes, body
     elif not reaches_the_shim(target):
         # No handler's URL: Flask's own (HTML) 404 or 405, as for any other unknown page.
         assert reply.status in (404, 405), reply
-    elif known_bug(body) is not None and reply.status == 500:
-        pass  # pinned by test_a_timestamp_int_cannot_read_is_a_400
     else:
         assert reply.status < 500, f"{reply} for target {target!r} and body {body[:2000]!r}"
         if reply.status != 200:
             assert reply.content_type == TEXT, reply
-            one_line = without_echoed_values(reason(reply))
-            assert "\n" not in one_line and "\r" not in one_line, reply
+            assert "\n" not in reason(reply) and "\r" not in reason(reply), reply
     if 400 <= reply.status < 500:
         assert state(fuzz) == before, f"{reply} changed the store"
 
@@ -507,8 +482,6 @@ def check_valid_result(fuzz: FuzzFarm, reply: Reply, before: State, body: bytes)
     one dropped result; never a build state change."""
     request = ResultRequest.from_text(body)
     assert request.session != fuzz.leased_session
-    if known_bug(body) is not None:
-        return
     assert reply.status in (200, 400), reply
     builds, counters = state(fuzz)
     assert builds == before[0]
@@ -579,15 +552,13 @@ def test_results_with_any_session_build_nothing(fuzz: FuzzFarm, data: st.DataObj
     check_valid_result(fuzz, reply, before, body)
 
 
-# -- bugs the properties found: pinned until the shim is fixed ----------------------------------------
+# -- bugs the properties found, fixed: regression tests ------------------------------------------------
 
 
 def _result_with_stamp(fuzz: FuzzFarm, stamp: str) -> bytes:
     return fuzz.result_request("/".join([*fuzz.leased_session.split("/")[:-1], stamp])).to_text().encode()
 
 
-@pytest.mark.xfail(strict=True, reason="shim bug: parse_session checks the timestamp with str.isdigit(), "
-                   "which takes '²' and digit strings longer than int() reads; the ValueError is a 500")
 @pytest.mark.parametrize("stamp", ["²", "٣", "9" * (INT_MAX_STR_DIGITS + 1)], ids=["superscript", "arabic",
                                                                                     "4301-digits"])
 def test_a_timestamp_int_cannot_read_is_a_400(fuzz: FuzzFarm, stamp: str) -> None:
@@ -598,8 +569,6 @@ def test_a_timestamp_int_cannot_read_is_a_400(fuzz: FuzzFarm, stamp: str) -> Non
     assert state(fuzz) == before
 
 
-@pytest.mark.xfail(strict=True, reason="shim bug: a rejection echoes a URL parameter with its line "
-                   "breaks, so the reason is not one line")
 @pytest.mark.parametrize("query", [b"build-task&interactive=a%0Ab", b"build-task&a%0Ab=1", b"build-task=x%0Dy",
                                    b"build-result&a%0Ab"])
 def test_a_reason_echoes_a_line_break_of_a_url_parameter(fuzz: FuzzFarm, query: bytes) -> None:
@@ -617,8 +586,6 @@ MULTI_LINE_VALUES = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="shim/manifest bug: a rejection echoes a multi-line manifest "
-                   "value with its line breaks, so the reason is not one line")
 @pytest.mark.parametrize("field", list(MULTI_LINE_VALUES))
 def test_a_reason_echoes_a_line_break_of_a_manifest_value(fuzz: FuzzFarm, field: str) -> None:
     before = state(fuzz)

@@ -14,7 +14,7 @@ from flask import Flask, Response, redirect, request, url_for
 from werkzeug.exceptions import NotFound
 from werkzeug.wrappers import Response as BaseResponse
 
-from bbot.brep.protocol import HttpError, Route, route
+from bbot.brep.protocol import HttpError, Route, reason_line, route
 
 HANDLERS_KEY = "bbot.brep_handlers"
 Handler = Callable[[Route], BaseResponse]
@@ -48,7 +48,7 @@ def _dispatch(app: Flask, path: str) -> BaseResponse:
             return plain("not implemented", 501)
         return handler(found)
     except HttpError as error:
-        return plain(error.text, error.status)
+        return plain(reason_line(error.text), error.status)
 
 
 def register(app: Flask) -> None:
