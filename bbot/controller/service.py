@@ -94,6 +94,7 @@ class Controller:
         self._stopping = threading.Event()
         self._changed = threading.Condition()
         self._issued = threading.Condition()  # notified after each scheduler pass that published
+        self.issued_count = 0  # scheduler passes that published (the shim's empty-queue memory reads it)
         self._threads: list[threading.Thread] = []
         self._publisher: bus.Publisher | None = None
         self._consumer: _ControllerConsumer | None = None
@@ -348,6 +349,7 @@ class Controller:
         self._publisher.publish_many([messages[build_id] for build_id in issued])
         if issued:
             with self._issued:
+                self.issued_count += 1
                 self._issued.notify_all()
         return len(issued)
 

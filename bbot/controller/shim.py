@@ -50,6 +50,12 @@ FIRST_POLL_WAIT = 2.0
 
 _no_glob = glob.escape  # machine names are matched literally against offered names
 
+# A task queue found empty is not asked again for this long, unless this controller's scheduler
+# published since: an empty poll then costs no broker round trip. Only tasks of *other*
+# controllers sharing the queue can wait this long for an HTTP agent (AMQP agents are not
+# affected).
+EMPTY_QUEUE_MEMORY = 0.25
+
 
 @dataclass(frozen=True)
 class Reply:
@@ -77,6 +83,8 @@ class AgentShim:
         self._results_exchange = bus.results_exchange()
         self._offers: dict[str, frozenset[str]] = {}  # agent -> machine names it offered last
         self._offers_lock = threading.Lock()
+        # machine name -> (when its queue was found empty, the scheduler's publish count then)
+        self._empty: dict[str, tuple[float, int]] = {}
 
     def close(self) -> None:
         self._getter.close()
@@ -102,7 +110,10 @@ class AgentShim:
                 return NO_TASK
         if not params.hands_out(request.effective_interactive_mode):
             return NO_TASK
-        machines = [m for m in request.machines if m.effective_role == "build" and _routable(m.name)]
+        # One per name: machines of a name are interchangeable, and share one queue.
+        by_name = {m.name: m for m in reversed(request.machines)
+                   if m.effective_role == "build" and _routable(m.name)}
+        machines = [m for m in request.machines if by_name.get(m.name) is m]
         if not machines:
             return NO_TASK
         new_offer = self._announce(request, [m.name for m in machines])
@@ -143,11 +154,7 @@ class AgentShim:
         try:
             for machine in machines:
                 for _ in range(SCAN_LIMIT):
-                    try:
-                        message = self._getter.get(machine.name)
-                    except bus.BrokerUnavailable as error:
-                        raise HttpError(503, f"the controller cannot reach its broker: {error}; "
-                                             "poll again later") from error
+                    message = self._get(machine.name)
                     if message is None:
                         break
                     try:
@@ -163,6 +170,23 @@ class AgentShim:
         finally:
             for message in put_back:
                 message.requeue()
+
+    def _get(self, machine_name: str) -> Any | None:
+        """The next task for ``machine_name``, or None; remembers an empty queue for a moment."""
+        issued = self.controller.issued_count
+        seen = self._empty.get(machine_name)
+        if seen is not None and seen[1] == issued and time.monotonic() - seen[0] < EMPTY_QUEUE_MEMORY:
+            return None
+        try:
+            message = self._getter.get(machine_name)
+        except bus.BrokerUnavailable as error:
+            raise HttpError(503, f"the controller cannot reach its broker: {error}; "
+                                 "poll again later") from error
+        if message is None:
+            self._empty[machine_name] = (time.monotonic(), issued)
+        else:
+            self._empty.pop(machine_name, None)
+        return message
 
     def _consider(self, message: Any, request: TaskRequest, machine: Any,
                   params: protocol.TaskParameters, put_back: list[Any]) -> Reply | None:

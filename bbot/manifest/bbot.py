@@ -96,16 +96,29 @@ def _nonempty(reader: _Reader, pair: Pair) -> str:
     return pair.value
 
 
+# libbbot's integers are 64-bit: a longer number is out of range (and Python's int() would
+# refuse one of over 4300 digits with a ValueError of its own).
+_UINT64_MAX = 2**64 - 1
+
+
+def _uint64(value: str) -> int | None:
+    if not _UNSIGNED.fullmatch(value) or len(value) > 20 or int(value) > _UINT64_MAX:
+        return None
+    return int(value)
+
+
 def _unsigned(reader: _Reader, pair: Pair) -> int:
-    if not _UNSIGNED.fullmatch(pair.value):
+    value = _uint64(pair.value)
+    if value is None:
         reader.invalid(pair, "an unsigned integer")
-    return int(pair.value)
+    return value
 
 
 def _positive(reader: _Reader, pair: Pair) -> int:
-    if not _UNSIGNED.fullmatch(pair.value) or int(pair.value) == 0:
+    value = _uint64(pair.value)
+    if not value:
         reader.invalid(pair, "a positive integer")
-    return int(pair.value)
+    return value
 
 
 def _boolean(reader: _Reader, pair: Pair) -> bool:

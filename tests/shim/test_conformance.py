@@ -240,3 +240,15 @@ def test_a_get_has_no_body_and_fails_to_parse(shim: ShimFarm) -> None:
 def test_other_handlers_and_paths(shim: ShimFarm) -> None:
     assert http(f"{shim.url}?nonsense", b"x").status == 404
     assert http(f"{shim.url}@t/deeper?build-task", b"x").status in (404, 405)
+
+
+def test_a_number_too_long_for_64_bits_is_a_400_not_a_500(shim: ShimFarm) -> None:
+    # Found by the fuzz tests: int() refuses over 4300 digits with a ValueError of its own.
+    request = shim.task_request().to_text().replace("agent: remote-1\n", "agent: remote-1\nauxiliary-ram: "
+                                                    + "9" * 70_000 + "\n")
+    reply = shim.poll(request.encode())
+    assert reply.status == 400 and reply.text.startswith("task_request_manifest:3:16: error: invalid task request auxiliary-ram value ")
+    reply = shim.poll(request.replace("9" * 70_000, "18446744073709551616").encode())  # 2**64
+    assert reply.status == 400
+    reply = shim.poll(request.replace("9" * 70_000, "18446744073709551615").encode())  # 2**64 - 1
+    assert reply.status == 200

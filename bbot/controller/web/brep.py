@@ -8,13 +8,16 @@ this controller does not serve answers 501, as brep does with building disabled.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from flask import Flask, Response, redirect, request, url_for
-from werkzeug.exceptions import NotFound
+from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
 from bbot.brep.protocol import HttpError, Route, reason_line, route
+
+log = logging.getLogger(__name__)
 
 HANDLERS_KEY = "bbot.brep_handlers"
 Handler = Callable[[Route], BaseResponse]
@@ -41,14 +44,20 @@ def _dispatch(app: Flask, path: str) -> BaseResponse:
         if found is None:
             if not path.strip("/") and request.method in ("GET", "HEAD"):
                 return redirect(url_for("builds"))
-            raise NotFound("no handler: use ?build-task, ?build-result, ?builds, ?build-configs or "
-                           "?build-force")
+            return plain("no handler: use ?build-task, ?build-result, ?builds, ?build-configs or "
+                         "?build-force", 404)
         handler: Handler | None = app.extensions.get(HANDLERS_KEY, {}).get(found.handler)
         if handler is None:
             return plain("not implemented", 501)
         return handler(found)
     except HttpError as error:
         return plain(reason_line(error.text), error.status)
+    except HTTPException:
+        raise  # Flask's own answers (405, 413 from a view ...)
+    except Exception as error:
+        # brep answers an internal failure with 500 and text/plain, never an HTML page.
+        log.exception("%s %s failed", request.method, request.full_path)
+        return plain(reason_line(f"internal error: {type(error).__name__}: {error}"), 500)
 
 
 def register(app: Flask) -> None:
