@@ -7,8 +7,10 @@ the controller's thread count (``web.threads``):
 
 (a) empty polls: the controller's app (``bbot.farm.start_farm``, no agent)
     answers ``POST /?build-task`` for a machine no configuration wants, so the
-    reply is the no-task manifest. Each poll still parses the request, records
-    the agent as alive and ``basic.get``s the machine's task queue on the broker.
+    reply is the no-task manifest. Each poll still parses the request and records
+    the agent as alive; it ``basic.get``s the machine's task queue on the broker
+    at most every 0.25 s per name (the shim remembers an empty queue that long,
+    unless its scheduler published since).
 (b) task-handing polls: the same app with N builds queued, all issued to the
     broker before the clock starts; each poll takes a task (``basic.get``,
     the hand-over written to the store, ack) and gets the task manifest.
