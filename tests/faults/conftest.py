@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from bbot.devfarm import DevFarm
 from tests.rabbit_nodes import RabbitCluster, RabbitMQMissing, RabbitNode, require_rabbitmq
 
 # Node 4 (AMQP 5676) is the single node; 1-3 (5673-5675) form the cluster: both can run at once.
@@ -51,3 +52,12 @@ def _whole_rabbit_cluster(request: pytest.FixtureRequest) -> None:
     if "rabbit_cluster" in request.fixturenames:
         cluster: RabbitCluster = request.getfixturevalue("rabbit_cluster")
         cluster.ensure_running()
+
+
+@pytest.fixture
+def farms() -> Iterator[list[DevFarm]]:
+    """Farms a test started; stopped (every process) at teardown, whatever happened."""
+    started: list[DevFarm] = []
+    yield started
+    for farm in started:
+        farm.stop()

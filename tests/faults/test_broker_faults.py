@@ -11,8 +11,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pytest
-
 from bbot.bus import names
 from bbot.devfarm import DevFarm
 from tests.conftest import git_repo
@@ -38,13 +36,6 @@ def null_farm(tmp_path: Path, broker: str, unique: str) -> tuple[DevFarm, str]:
 def built(farm: DevFarm) -> int:
     return int(rows(farm, "SELECT COUNT(*) FROM bbot_builds WHERE state = 'built'")[0][0])  # type: ignore[arg-type]
 
-
-@pytest.fixture
-def farms() -> list[DevFarm]:
-    started: list[DevFarm] = []
-    yield started
-    for farm in started:
-        farm.stop()
 
 
 def test_rabbitmq_restart_during_a_run_loses_and_doubles_nothing(

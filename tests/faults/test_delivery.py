@@ -77,14 +77,6 @@ def null_machines(prefix: str, name: str, count: int) -> list[dict[str, str]]:
     return [{"id": f"{prefix}-{i}", "name": name, "type": "null"} for i in range(count)]
 
 
-@pytest.fixture
-def farms() -> list[DevFarm]:
-    """Farms a test started; stopped (every process) at teardown, whatever happened."""
-    started: list[DevFarm] = []
-    yield started
-    for farm in started:
-        farm.stop()
-
 
 def slow_farm(tmp_path: Path, rabbitmq: str, unique: str, farms: list[DevFarm],
               seconds: float) -> tuple[DevFarm, str, Path]:
