@@ -252,3 +252,22 @@ def test_a_number_too_long_for_64_bits_is_a_400_not_a_500(shim: ShimFarm) -> Non
     assert reply.status == 400
     reply = shim.poll(request.replace("9" * 70_000, "18446744073709551615").encode())  # 2**64 - 1
     assert reply.status == 200
+
+
+def test_a_real_brep_session_with_its_tenant(shim: ShimFarm) -> None:
+    """The session of brep's own upload test (a tenant, a version with '+'), posted to the
+    tenant's result URL: it parses and matches, so it is judged on being handed out (it was not)."""
+    from bbot.manifest import parse_manifest
+    from tests.conftest import ROOT
+
+    upload = ROOT / "tests/manifest/conformance/brep/tests/upload/545f1f78-63ea-4acf-bcb8-37b2513a78c8"
+    manifest = parse_manifest((upload / "request.manifest").read_text(), "upload")
+    session = next(p.value for p in manifest.pairs if p.name == "session")
+    tenant = session.split("/", 1)[0]
+    request = ResultRequest(session=session, result=Result("libhello", "1.1.0+10", Status.SUCCESS))
+    reply = http(f"{shim.url}@{tenant}?build-result", request.to_text().encode())
+    assert (reply.status, reply.body) == (200, b"")
+    assert shim.store.counters().get("results_dropped_not_handed_out") == 1
+    # The same at the root is another tenant's session.
+    reply = http(f"{shim.url}?build-result", request.to_text().encode())
+    assert (reply.status, reply.text) == (400, "invalid session: tenant mismatch\n")
