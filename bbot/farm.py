@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType
 
+from flask import Flask
+
 from bbot.agent.service import Agent
 from bbot.config import Config
 from bbot.controller.service import Controller
@@ -35,6 +37,7 @@ class Farm:
     agent: Agent | None
     web: WebServer
     shim: AgentShim | None = None
+    app: Flask | None = None  # what ``web`` serves (to serve it again after a stop)
 
     @property
     def url(self) -> str:
@@ -80,7 +83,7 @@ def start_farm(config: Config, *, with_agent: bool = True, port: int | None = No
         shim.close()
         controller.stop()
         raise
-    return Farm(config, controller, agent, web, shim)
+    return Farm(config, controller, agent, web, shim, app)
 
 
 def make_shim(controller: Controller) -> AgentShim:

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF = 300.0
+MAX_BACKOFF = 60.0  # longest wait between tries while an upper controller fails
 
 
 class UpstreamLink:

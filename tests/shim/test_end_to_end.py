@@ -129,3 +129,38 @@ def test_agent_below_a_middle_controller_below_a_top_controller(tmp_path: Path, 
         if middle is not None:
             middle.stop()
         top.stop()
+
+
+@pytest.mark.rabbitmq
+def test_a_result_waits_at_the_middle_while_the_top_is_unreachable(tmp_path: Path, unique: str,
+                                                                   rabbitmq: str) -> None:
+    from bbot.controller.web.server import serve
+
+    top = start_farm(shim_config(tmp_path / "top", unique, "memory://"), with_agent=False)
+    middle = None
+    try:
+        set_id = submit(top, tmp_path)
+        key_path = tmp_path / "middle.pem"
+        keys.write_private_key(keys.generate_private_key(1024), key_path)
+        middle = start_farm(middle_config(tmp_path, unique, rabbitmq, top.url, key_path))
+        link = middle.controller.upstream
+        assert link is not None
+        wait_for(lambda: link.taken == 1, what="the middle to take the task")
+        # The top's web server goes away (a network outage, a restart of its front end).
+        host, port = top.web.host, top.web.port
+        top.web.stop()
+        wait_for(lambda: link._post_backoff.failures >= 2, timeout=120,  # noqa: SLF001
+                 what="the middle to fail posting the result up")
+        (local,) = middle.controller.store.list_builds()
+        assert local.state is BuildState.BUILT and link.posted == 0
+        assert top.controller.store.set_builds(set_id)[0].state is BuildState.LEASED
+        # Back on the same address: the result goes up, once.
+        assert top.app is not None
+        top.web = serve(top.app, host, port)
+        check_top(top, set_id, f"middle-{unique}")
+        wait_for(lambda: link.posted == 1, what="the middle to mark the result posted")
+        assert top.controller.store.counters().get("results_dropped_duplicate") is None
+    finally:
+        if middle is not None:
+            middle.stop()
+        top.stop()
