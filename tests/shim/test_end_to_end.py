@@ -149,7 +149,7 @@ def test_a_result_waits_at_the_middle_while_the_top_is_unreachable(tmp_path: Pat
         # The top's web server goes away (a network outage, a restart of its front end).
         host, port = top.web.host, top.web.port
         top.web.stop()
-        wait_for(lambda: link._post_backoff.failures >= 2, timeout=120,  # noqa: SLF001
+        wait_for(lambda: link._post_backoff.failures >= 2, timeout=120,
                  what="the middle to fail posting the result up")
         (local,) = middle.controller.store.list_builds()
         assert local.state is BuildState.BUILT and link.posted == 0
