@@ -1129,14 +1129,16 @@ class Store:
         """
         with self._tx(write=True) as conn:
             if own:
-                owner = conn.execute(
-                    sa.select(attempts.c.build_id).where(attempts.c.session == lease.session)
-                ).scalar()
-                row = None if owner is None else self._lock_build(conn, int(owner))
-                if row is None or row["state"] != BuildState.LEASED.value or row["session"] != lease.session:
+                # The check is the update's own condition: one statement, under the row's lock.
+                owner = sa.select(attempts.c.build_id).where(attempts.c.session == lease.session)
+                renewed = conn.execute(
+                    builds.update()
+                    .where(builds.c.id.in_(owner.scalar_subquery()), builds.c.session == lease.session,
+                           builds.c.state == BuildState.LEASED.value)
+                    .values(agent=lease.agent, lease_deadline=deadline)
+                ).rowcount
+                if renewed != 1:
                     return False
-                conn.execute(builds.update().where(builds.c.id == row["id"])
-                             .values(agent=lease.agent, lease_deadline=deadline))
                 conn.execute(attempts.update().where(attempts.c.session == lease.session)
                              .values(agent=lease.agent, machine=lease.machine_name, deadline=deadline))
             values = {
@@ -1145,8 +1147,8 @@ class Store:
                 "challenge": lease.challenge, "handed_at": lease.handed_at or time.time(),
             }
             # The same task handed out twice (a redelivery): the later hand-over counts.
-            conn.execute(http_leases.delete().where(http_leases.c.session == lease.session))
-            conn.execute(http_leases.insert().values(session=lease.session, **values))
+            statement = _insert(conn)(http_leases).values(session=lease.session, **values)
+            conn.execute(statement.on_conflict_do_update(index_elements=[http_leases.c.session], set_=values))
             return True
 
     def http_lease(self, session: str) -> HttpLease | None:
@@ -1560,14 +1562,7 @@ class Store:
             self._bump(conn, name, by)
 
     def _bump(self, conn: Connection, name: str, by: int) -> None:
-        insert: Any
-        if conn.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        elif conn.dialect.name == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
-        else:  # pragma: no cover - only the two dialects above are supported
-            raise RuntimeError(f"unsupported database dialect {conn.dialect.name}")
-        statement = insert(counters_table).values(name=name, value=by)
+        statement = _insert(conn)(counters_table).values(name=name, value=by)
         statement = statement.on_conflict_do_update(
             index_elements=[counters_table.c.name],
             set_={"value": counters_table.c.value + by},
@@ -1616,6 +1611,19 @@ def _build_row(m: RowMapping) -> BuildRow:
         submitter_email=m["submitter_email"],
         first_attempt=m["first_attempt"],
     )
+
+
+def _insert(conn: Connection) -> Any:
+    """The dialect's INSERT, which has ``on_conflict_do_update`` (an upsert)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+        return postgresql_insert
+    if conn.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert
+    raise RuntimeError(f"unsupported database dialect {conn.dialect.name}")  # pragma: no cover
 
 
 def _chunks(values: Sequence[_V]) -> Iterator[Sequence[_V]]:
