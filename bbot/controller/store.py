@@ -28,7 +28,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -1127,28 +1127,19 @@ class Store:
         answer is False (a stale task, to be dropped). Another controller's task is
         recorded as it is.
         """
+        values = {
+            "b_session": lease.session, "b_agent": lease.agent, "b_reply_to": lease.reply_to,
+            "b_machine_name": lease.machine_name, "b_machine_summary": lease.machine_summary,
+            "b_fingerprint": lease.fingerprint, "b_challenge": lease.challenge,
+            "b_handed_at": lease.handed_at or time.time(), "b_deadline": deadline,
+        }
         with self._tx(write=True) as conn:
+            # Statements made once (see _HandOver): a poll that hands a task out is a hot path.
+            if own and conn.execute(_HandOver.renew_build, values).rowcount != 1:
+                return False
             if own:
-                # The check is the update's own condition: one statement, under the row's lock.
-                owner = sa.select(attempts.c.build_id).where(attempts.c.session == lease.session)
-                renewed = conn.execute(
-                    builds.update()
-                    .where(builds.c.id.in_(owner.scalar_subquery()), builds.c.session == lease.session,
-                           builds.c.state == BuildState.LEASED.value)
-                    .values(agent=lease.agent, lease_deadline=deadline)
-                ).rowcount
-                if renewed != 1:
-                    return False
-                conn.execute(attempts.update().where(attempts.c.session == lease.session)
-                             .values(agent=lease.agent, machine=lease.machine_name, deadline=deadline))
-            values = {
-                "agent": lease.agent, "reply_to": lease.reply_to, "machine_name": lease.machine_name,
-                "machine_summary": lease.machine_summary, "fingerprint": lease.fingerprint,
-                "challenge": lease.challenge, "handed_at": lease.handed_at or time.time(),
-            }
-            # The same task handed out twice (a redelivery): the later hand-over counts.
-            statement = _insert(conn)(http_leases).values(session=lease.session, **values)
-            conn.execute(statement.on_conflict_do_update(index_elements=[http_leases.c.session], set_=values))
+                conn.execute(_HandOver.renew_attempt, values)
+            conn.execute(_HandOver.upsert(conn), values)
             return True
 
     def http_lease(self, session: str) -> HttpLease | None:
@@ -1611,6 +1602,41 @@ def _build_row(m: RowMapping) -> BuildRow:
         submitter_email=m["submitter_email"],
         first_attempt=m["first_attempt"],
     )
+
+
+class _HandOver:
+    """``Store.hand_over``'s statements, made once with bound parameters (``b_<name>``: SQLAlchemy
+    keeps the plain column names for itself in INSERT and UPDATE)."""
+
+    # The lease check is the update's own condition: one statement, under the row's lock.
+    renew_build = (
+        builds.update()
+        .where(builds.c.id.in_(sa.select(attempts.c.build_id)
+                               .where(attempts.c.session == sa.bindparam("b_session")).scalar_subquery()),
+               builds.c.session == sa.bindparam("b_session"), builds.c.state == BuildState.LEASED.value)
+        .values(agent=sa.bindparam("b_agent"), lease_deadline=sa.bindparam("b_deadline"))
+    )
+    renew_attempt = (
+        attempts.update().where(attempts.c.session == sa.bindparam("b_session"))
+        .values(agent=sa.bindparam("b_agent"), machine=sa.bindparam("b_machine_name"),
+                deadline=sa.bindparam("b_deadline"))
+    )
+    _columns = ("agent", "reply_to", "machine_name", "machine_summary", "fingerprint", "challenge",
+                "handed_at")
+    _upserts: ClassVar[dict[str, Any]] = {}  # by dialect
+
+    @classmethod
+    def upsert(cls, conn: Connection) -> Any:
+        """Insert the hand-over, or replace an earlier one of the same session (a redelivery:
+        the later hand-over counts)."""
+        dialect = conn.dialect.name
+        if dialect not in cls._upserts:
+            statement = _insert(conn)(http_leases).values(
+                session=sa.bindparam("b_session"), **{c: sa.bindparam(f"b_{c}") for c in cls._columns})
+            cls._upserts[dialect] = statement.on_conflict_do_update(
+                index_elements=[http_leases.c.session],
+                set_={c: statement.excluded[c] for c in cls._columns})
+        return cls._upserts[dialect]
 
 
 def _insert(conn: Connection) -> Any:
