@@ -164,3 +164,29 @@ def test_a_result_waits_at_the_middle_while_the_top_is_unreachable(tmp_path: Pat
         if middle is not None:
             middle.stop()
         top.stop()
+
+
+def test_an_http_agent_that_stops_gives_its_running_task_back_at_once(tmp_path: Path, unique: str) -> None:
+    top = start_farm(shim_config(tmp_path / "top", unique, "memory://"), with_agent=False)
+    agent = None
+    try:
+        git_repo(tmp_path / "slow", {"Makefile": "all:\n\tsleep 60\ncheck:\n\t@true\ninstall:\n\t@true\n"})
+        set_id = top.controller.submit(f"file://{tmp_path / 'slow'}#main")
+        config = agent_config(unique, f"remote-{unique}", controllers=(top.url,), poll_interval=0.2)
+        agent = Agent(config, broker_url="amqp://nobody:nothing@127.0.0.1:1//", data_dir=tmp_path / "remote")
+        agent.start()
+        wait_for(lambda: top.controller.store.set_builds(set_id)[0].agent == f"remote-{unique}",
+                 what="the agent to take the task")
+        (first,) = top.controller.store.set_builds(set_id)
+        agent.stop()  # interrupts the build and posts `interrupt` before it returns
+        agent = None
+        # The controller issues it again at once, not after result_timeout (3 h).
+        wait_for(lambda: top.controller.store.attempts(first.id)[0].outcome is not None,
+                 what="the first attempt to end")
+        attempt = top.controller.store.attempts(first.id)[0]
+        assert (attempt.outcome, attempt.detail) == ("expired", f"interrupted: agent remote-{unique} stopped")
+        assert top.controller.store.set_builds(set_id)[0].state is not BuildState.BUILT
+    finally:
+        if agent is not None:
+            agent.stop()
+        top.stop()
