@@ -55,7 +55,8 @@ def request_task(controller_url: str, request: TaskRequest, *, timeout: float = 
     url = protocol.handler_url(controller_url, protocol.BUILD_TASK)
     data = post(url, request.to_text().encode("utf-8"), timeout=timeout)
     try:
-        return TaskResponse.from_text(data)
+        # Lenient, as an agent should be: a newer brep may send fields this bbot does not know yet.
+        return TaskResponse.from_text(data, ignore_unknown=True)
     except (ManifestError, UnicodeDecodeError) as error:
         raise ControllerError(url, f"the task response is malformed: {error}", retry=True) from None
 

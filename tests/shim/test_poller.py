@@ -182,3 +182,41 @@ def test_http_and_amqp_agents_compete_for_the_same_queues(tmp_path: Path, unique
         if poller is not None:
             poller.stop()
         farm.stop()
+
+
+def test_a_task_response_with_fields_this_bbot_does_not_know_is_taken(tmp_path: Path) -> None:
+    """A newer brep may add fields: the polling side reads past them (and sends the task on
+    without them)."""
+    from bbot.brep import client
+    from bbot.manifest import MachineHeader, TaskRequest
+
+    answer = (b": 1\nsession: /libhello/1.0/t/c/default/public/0.17.0/1\nresult-url: http://x/?build-result\n"
+              b"frobnicate-url: http://x/?frobnicate\n:\nname: libhello\nversion: 1.0\n"
+              b"repository-url: https://git.example.org/hello.git\nmachine: linux_debian_12-gcc_13\n"
+              b"target: x86_64-linux-gnu\nbrand-new-field: yes\n")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            self.send_response(200)
+            self.send_header("Content-Type", "text/manifest;charset=utf-8")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        request = TaskRequest(agent="a", toolchain_name="public", toolchain_version="0.17.0",
+                              machines=[MachineHeader(id="1", name="linux_debian_12-gcc_13", summary="s")])
+        response = client.request_task(f"http://127.0.0.1:{server.server_address[1]}/", request)
+        assert response.task is not None and response.task.machine == "linux_debian_12-gcc_13"
+        assert "brand-new-field" not in response.task.to_text()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
