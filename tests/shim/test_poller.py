@@ -196,7 +196,7 @@ def test_a_task_response_with_fields_this_bbot_does_not_know_is_taken(tmp_path: 
               b"target: x86_64-linux-gnu\nbrand-new-field: yes\n")
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length", "0")))
             self.send_response(200)
             self.send_header("Content-Type", "text/manifest;charset=utf-8")
