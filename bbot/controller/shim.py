@@ -170,6 +170,10 @@ class AgentShim:
         finally:
             for message in put_back:
                 message.requeue()
+            if put_back:
+                # Those queues are not empty any more, whatever their last get said.
+                for machine in machines:
+                    self._empty.pop(machine.name, None)
 
     def _get(self, machine_name: str) -> Any | None:
         """The next task for ``machine_name``, or None; remembers an empty queue for a moment."""
