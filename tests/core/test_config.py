@@ -105,3 +105,40 @@ def test_broker_urls_fail_over_and_declare_is_a_boolean(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         parse_config({"broker": {"urls": ["memory://", "amqp://b//"]}}, data_dir=tmp_path)
     assert e.value.problems == ["broker.urls: memory:// cannot fail over: list only amqp:// URLs"]
+
+
+def test_http_interface_settings_and_their_mistakes_together(tmp_path: Path) -> None:
+    from bbot.brep import keys
+
+    key = keys.generate_private_key(1024)
+    keys.write_private_key(key, tmp_path / "agent.pem")
+    (tmp_path / "trusted").mkdir()
+    (tmp_path / "trusted" / "host7.pem").write_text(keys.public_pem(key))
+    good = parse_config({
+        "controller": {"agent_keys": "trusted", "result_timeout": 60, "http_agent_expiry": 30,
+                       "upstream": ["https://ci.example.org/"], "upstream_interval": 5, "key": "agent.pem"},
+        "web": {"threads": 16},
+        "agent": {"controllers": ["http://10.0.0.1:8080/bbot"], "poll_interval": 2, "poll_backoff_max": 60,
+                  "key": "agent.pem"},
+    }, base=tmp_path, data_dir=tmp_path / "data")
+    assert good.controller.agent_keys == tmp_path / "trusted"
+    assert (good.controller.result_timeout, good.controller.upstream, good.web.threads) == (
+        60.0, ("https://ci.example.org/",), 16)
+    assert (good.agent.controllers, good.agent.key) == (("http://10.0.0.1:8080/bbot",), tmp_path / "agent.pem")
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError) as caught:
+        parse_config({
+            "controller": {"agent_keys": "empty", "upstream": ["ci.example.org"], "key": "missing.pem",
+                           "result_timout": 5},
+            "agent": {"controllers": ["https://ci.example.org/?build-task"], "key": "trusted/host7.pem",
+                      "poll_interval": 0},
+        }, base=tmp_path, data_dir=tmp_path / "data")
+    problems = "\n".join(caught.value.problems)
+    assert len(caught.value.problems) == 7, problems
+    for expected in ("controller.result_timout: unknown key; did you mean 'result_timeout'?",
+                     "controller.upstream[0]: 'ci.example.org' is not a controller's root URL",
+                     "controller.agent_keys:", "controller.key:", "missing.pem",
+                     "agent.controllers[0]: 'https://ci.example.org/?build-task' is not a controller's root URL",
+                     "agent.key:", "agent.poll_interval: must be at least 0.01"):
+        assert expected in problems, problems
