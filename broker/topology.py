@@ -153,8 +153,10 @@ def controller_permissions(controller: str, user: str | None = None) -> UserSpec
         configure=_any_of(*own, _TASK_QUEUES),
         # Publish tasks; bind its own queues and new task queues (bind needs write on the
         # queue); declaring a task queue with a dead-letter exchange needs write on that exchange.
-        write=_any_of(re.escape(names.TASKS_EXCHANGE), re.escape(names.DEAD_LETTER_EXCHANGE),
-                      *own, _TASK_QUEUES),
+        # Publish results: its HTTP shim passes on those of tasks handed out over HTTP, to the
+        # controller whose task it was.
+        write=_any_of(re.escape(names.TASKS_EXCHANGE), re.escape(names.RESULTS_EXCHANGE),
+                      re.escape(names.DEAD_LETTER_EXCHANGE), *own, _TASK_QUEUES),
         # Consume its own queues and the dead letters; bind from the three exchanges (bind
         # needs read on the source exchange); declaring a task queue with a dead-letter
         # exchange needs read on that queue, so the controller could consume tasks too.

@@ -82,6 +82,17 @@ def test_controller_and_agent_build_with_least_privilege_users_on_a_provisioned_
                 assert conn.execute("SELECT configuration, state, status, agent FROM bbot_builds ORDER BY id"
                                     ).fetchall() == [("default", "built", "success", agent),
                                                      ("ghost", "queued", None, None)]
+            # An agent polling over HTTP, with the AMQP agent gone: the controller's shim takes the
+            # task from the provisioned queue and publishes the result, within its permissions.
+            agent_proc.stop()
+            remote = f"remote-{unique}"
+            farm.agent_settings = {"controllers": [farm.url], "poll_interval": 0.1}
+            remote_proc = farm.add_agent(remote, [{"id": "r1", "name": machine, "type": "process"}])
+            farm.submit(str(repo))
+            farm.wait_built(2, timeout=120, watch=[farm.controller, remote_proc])
+            with farm.db() as conn:
+                assert conn.execute("SELECT status, agent FROM bbot_builds WHERE configuration = 'default' "
+                                    "ORDER BY id").fetchall() == [("success", agent), ("success", remote)]
         finally:
             farm.stop()
         agent_log = (tmp_path / "farm" / f"agent-{agent}.log").read_text()

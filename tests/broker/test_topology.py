@@ -63,7 +63,9 @@ def test_agent_reads_only_task_queues_and_writes_only_results_and_announcements(
     controller = controller_permissions("main")
     assert not re.search(controller.configure, "bbot.results.other")
     assert not re.search(controller.read, "bbot.results.other")
-    assert not re.search(controller.write, "bbot.results")  # cannot pose as an agent
+    # It publishes results (its shim passes on those of HTTP agents), but no announcements.
+    assert re.search(controller.write, "bbot.results")
+    assert not re.search(controller.write, "bbot.announce")
 
 
 def test_password_hash_is_rabbitmq_sha256() -> None:
