@@ -70,7 +70,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
                   toolchain_name=config.controller.toolchain_name,
                   toolchain_version=config.controller.toolchain_version)
     agent.start()
-    print(f"bbot: agent {config.agent.name} up with {len(agent.slots)} machine(s)", flush=True)
+    how = (f"polling {', '.join(config.agent.controllers)} over HTTP" if config.agent.controllers
+           else "on the broker")
+    print(f"bbot: agent {config.agent.name} up with {len(agent.slots)} machine(s), {how}", flush=True)
     try:
         _wait_for_signal()
     finally:
