@@ -66,6 +66,7 @@ from typing import Any
 import yaml
 
 from bbot import __version__
+from bbot.brep.protocol import DEFAULT_RESULT_TIMEOUT
 
 
 class ConfigError(Exception):
@@ -150,7 +151,7 @@ class ControllerConfig:
     schedule_interval: float = 0.2
     # brep's agent interface (the HTTP shim):
     agent_keys: Path | None = None  # directory of trusted agents' public keys: None, no authentication
-    result_timeout: float = 10_800.0  # how long an HTTP agent (no heartbeats) has for a result
+    result_timeout: float = DEFAULT_RESULT_TIMEOUT  # how long an HTTP agent (no heartbeats) has for a result
     http_agent_expiry: float = 300.0  # an HTTP agent that has not polled for this long is gone
     # Controllers in layers: the upper controllers this one takes tasks from, as an agent does.
     upstream: tuple[str, ...] = ()
@@ -337,7 +338,7 @@ def parse_config(document: Any, *, source: str = "<config>", data_dir: Path | No
         toolchain_version=r.string(tc, "version", "controller.toolchain", __version__) or __version__,
         schedule_interval=r.number(c, "schedule_interval", "controller", 0.2, minimum=0.01),
         agent_keys=_path(r.string(c, "agent_keys", "controller"), base),
-        result_timeout=r.number(c, "result_timeout", "controller", 10_800.0, minimum=1),
+        result_timeout=r.number(c, "result_timeout", "controller", DEFAULT_RESULT_TIMEOUT, minimum=1),
         http_agent_expiry=r.number(c, "http_agent_expiry", "controller", 300.0, minimum=1),
         upstream=r.strings(c, "upstream", "controller"),
         upstream_interval=r.number(c, "upstream_interval", "controller", 10.0, minimum=0.01),

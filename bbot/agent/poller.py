@@ -31,17 +31,12 @@ log = logging.getLogger(__name__)
 
 
 class HttpPoller:
-    def __init__(self, agent: Agent, config: AgentConfig) -> None:
+    def __init__(self, agent: Agent, config: AgentConfig, fingerprint: str | None) -> None:
         self.agent = agent
         self.config = config
         self.backoff = {url: Backoff(config.poll_interval, config.poll_backoff_max)
                         for url in config.controllers}
-        self.fingerprint: str | None = None
-        if config.key is not None:
-            from bbot.brep.keys import fingerprint, load_private_key
-
-            self.fingerprint = fingerprint(load_private_key(config.key))
-        self.polls = 0  # for tests and diagnostics
+        self.fingerprint = fingerprint  # of the agent's key; None without one
 
     def request(self) -> TaskRequest | None:
         """The task request offering the free machines; None when none is free."""
@@ -69,7 +64,6 @@ class HttpPoller:
 
         for url in self.config.controllers:
             backoff = self.backoff[url]
-            self.polls += 1
             try:
                 response = client.request_task(url, request)
             except ControllerError as error:

@@ -153,17 +153,17 @@ class Agent:
         """Take tasks by polling controllers over HTTP (brep's interface); no broker at all."""
         from bbot.agent.poller import HttpPoller, ResultSpool
 
-        self._spool = ResultSpool(self.work_root / "http-results", self.config, self._private_key())
+        key, fingerprint = None, None
+        if self.config.key is not None:
+            from bbot.brep.keys import fingerprint as fingerprint_of
+            from bbot.brep.keys import load_private_key
+
+            key = load_private_key(self.config.key)  # signs challenges (spool); named in polls
+            fingerprint = fingerprint_of(key)
+        self._spool = ResultSpool(self.work_root / "http-results", self.config, key)
         self._spool.start()
-        self._poller = HttpPoller(self, self.config)
+        self._poller = HttpPoller(self, self.config, fingerprint)
         self._spawn(self._poller.run, "agent-poller")
-
-    def _private_key(self) -> Any:
-        if self.config.key is None:
-            return None
-        from bbot.brep.keys import load_private_key
-
-        return load_private_key(self.config.key)
 
     def _start_consuming(self) -> None:
         """Take tasks from the broker's task queues; announce the machines on it."""

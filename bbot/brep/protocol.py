@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, unquote
 
+from bbot.manifest import fields as F
+
 # Handlers, by the name of the first query parameter.
 BUILD_TASK = "build-task"
 BUILD_RESULT = "build-result"
@@ -37,7 +39,6 @@ UNAUTHORIZED = "unauthorized"
 
 # ?build-task URL parameters (§3.3): name -> canonical name. Anything else is a 400.
 TASK_PARAMETERS = {"repository": "repository", "r": "repository", "interactive": "interactive", "t": "t"}
-INTERACTIVE_MODES = ("false", "true", "both")
 
 
 class HttpError(Exception):
@@ -65,9 +66,6 @@ class Route:
             if key == name:
                 found = value
         return found
-
-    def get_all(self, name: str) -> list[str]:
-        return [value for key, value in self.params if key == name]
 
 
 def route(path: str, query_string: str) -> Route | None:
@@ -101,18 +99,18 @@ class TaskParameters:
     """The URL parameters of ?build-task (§3.3)."""
 
     repositories: tuple[str, ...] = ()
-    interactive: str = "both"
+    interactive: str = F.INTERACTIVE_MODE_BOTH
     service_types: tuple[str, ...] | None = None  # None: any tenant
 
     def hands_out(self, request_mode: str) -> bool:
         """Whether this controller can hand a task out at all: bbot has no interactive
         tenants and no third-party services, so some requests can only get "no task"."""
         mode = request_mode
-        if self.interactive != "both":
-            if mode not in ("both", self.interactive):
+        if self.interactive != F.INTERACTIVE_MODE_BOTH:
+            if mode not in (F.INTERACTIVE_MODE_BOTH, self.interactive):
                 return False  # true against false: brep answers with an empty session
             mode = self.interactive
-        if mode == "true":
+        if mode == F.INTERACTIVE_MODE_TRUE:
             return False  # only interactive builds were asked for, and bbot has none
         # t= (empty) means tenants with no service: every bbot build.
         return self.service_types is None or "" in self.service_types
@@ -122,7 +120,7 @@ def task_parameters(route: Route) -> TaskParameters:
     if route.default is not None:
         raise HttpError(400, f"unexpected value '{route.default}' of parameter '{BUILD_TASK}'")
     repositories: list[str] = []
-    interactive = "both"
+    interactive = F.INTERACTIVE_MODE_BOTH
     service_types: list[str] | None = None
     for name, value in route.params:
         canonical = TASK_PARAMETERS.get(name)
@@ -131,9 +129,9 @@ def task_parameters(route: Route) -> TaskParameters:
         if canonical == "repository":
             repositories.append(value)
         elif canonical == "interactive":
-            if value not in INTERACTIVE_MODES:
+            if value not in F.INTERACTIVE_MODES:
                 raise HttpError(400, f"invalid value '{value}' for option 'interactive': "
-                                     f"expected {', '.join(INTERACTIVE_MODES)}")
+                                     f"expected {', '.join(F.INTERACTIVE_MODES)}")
             interactive = value
         else:
             service_types = [*(service_types or []), value]

@@ -19,7 +19,6 @@ here that is not the broker or the store: the Flask views in
 
 from __future__ import annotations
 
-import glob
 import logging
 import threading
 import time
@@ -31,7 +30,6 @@ from bbot.brep import keys as agent_keys
 from bbot.brep import protocol
 from bbot.brep.protocol import HttpError, Route
 from bbot.bus import names
-from bbot.controller.registry import machine_matches
 from bbot.controller.store import HttpLease
 from bbot.manifest import ManifestError, ResultRequest, Task, TaskRequest, TaskResponse
 from bbot.wire import SessionError, parse_session
@@ -47,8 +45,6 @@ SCAN_LIMIT = 20
 # A first poll from an agent (or one offering new machines) waits this long for the
 # scheduler to issue tasks for its machines, instead of sending it away to poll again later.
 FIRST_POLL_WAIT = 2.0
-
-_no_glob = glob.escape  # machine names are matched literally against offered names
 
 # A task queue found empty is not asked again for this long, unless this controller's scheduler
 # published since: an empty poll then costs no broker round trip. Only tasks of *other*
@@ -96,9 +92,9 @@ class AgentShim:
     def build_task(self, route: Route, body: bytes) -> Reply:
         params = protocol.task_parameters(route)
         try:
-            request = TaskRequest.from_text(body)
-        except (ManifestError, UnicodeDecodeError) as error:
-            raise HttpError(400, _manifest_error(error, TaskRequest.STREAM)) from None
+            request = TaskRequest.from_text(body)  # invalid UTF-8 is a ManifestError too, in place
+        except ManifestError as error:
+            raise HttpError(400, str(error)) from None
         if self.trusted is not None:
             if request.fingerprint is None:
                 raise HttpError(401, protocol.UNAUTHORIZED)
@@ -213,7 +209,7 @@ class AgentShim:
                 request.agent in avoid and not message.delivery_info.get("redelivered")):
             put_back.append(message)  # for another agent (or for this one, when nobody else takes it)
             return None
-        if not machine_matches(_no_glob(task.machine), machine.name):
+        if task.machine != machine.name:
             log.warning("task %s for machine %s came from queue %s; handing it out anyway",
                         session, task.machine, machine.name)
         challenge = agent_keys.new_challenge() if self.trusted is not None else None
@@ -240,8 +236,8 @@ class AgentShim:
         protocol.result_parameters(route)
         try:
             request = ResultRequest.from_text(body)
-        except (ManifestError, UnicodeDecodeError) as error:
-            raise HttpError(400, _manifest_error(error, ResultRequest.STREAM)) from None
+        except ManifestError as error:
+            raise HttpError(400, str(error)) from None
         try:
             session = parse_session(request.session)
         except SessionError as error:
@@ -295,12 +291,6 @@ class AgentShim:
                 config = self.controller.config
                 self._publisher = bus.Publisher(config.broker_url, declare=config.broker_declare)
             return self._publisher
-
-
-def _manifest_error(error: Exception, stream: str) -> str:
-    if isinstance(error, ManifestError):
-        return str(error)
-    return f"{stream}:1:1: error: invalid UTF-8 sequence"
 
 
 def _routable(name: str) -> bool:

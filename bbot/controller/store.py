@@ -200,7 +200,7 @@ class HttpLease:
 class UpstreamTask:
     """A task this controller took from an upper controller (brep or bbot), to build below."""
 
-    url: str  # the upper controller's ?build-task URL
+    url: str  # the upper controller's root URL (polled with ?build-task)
     session: str  # the upper controller's session: opaque, sent back with the result
     result_url: str
     task_text: str
@@ -1209,6 +1209,7 @@ class Store:
         )
         with self._tx(write=False) as conn:
             rows = conn.execute(query).all()
+            logs = _operations_of(conn, [int(r.build_id) for r in rows])
         return [
             UpstreamResult(
                 build_id=int(r.build_id),
@@ -1216,7 +1217,7 @@ class Store:
                                   task_text=_decompress(r.task), challenge=r.challenge,
                                   agent_checksum=r.agent_checksum),
                 status=Status(r.status),
-                operations=self.operations(int(r.build_id)),
+                operations=logs.get(int(r.build_id), []),
                 worker_checksum=r.worker_checksum,
                 dependency_checksum=r.dependency_checksum,
             )
@@ -1377,15 +1378,7 @@ class Store:
 
     def operations(self, build_id: int) -> list[OperationRow]:
         with self._tx(write=False) as conn:
-            rows = conn.execute(
-                sa.select(operations.c.name, operations.c.status, operations.c.log)
-                .where(operations.c.build_id == build_id)
-                .order_by(operations.c.position)
-            )
-            return [
-                OperationRow(name=r.name, status=Status(r.status), log=_decompress(r.log))
-                for r in rows
-            ]
+            return _operations_of(conn, [build_id]).get(build_id, [])
 
     def attempts(self, build_id: int) -> list[AttemptRow]:
         with self._tx(write=False) as conn:
@@ -1637,6 +1630,21 @@ class _HandOver:
                 index_elements=[http_leases.c.session],
                 set_={c: statement.excluded[c] for c in cls._columns})
         return cls._upserts[dialect]
+
+
+def _operations_of(conn: Connection, build_ids: Sequence[int]) -> dict[int, list[OperationRow]]:
+    """The operations (with their logs) of these builds, in order, by build; one query a chunk."""
+    found: dict[int, list[OperationRow]] = {}
+    for chunk in _chunks(sorted(set(build_ids))):
+        rows = conn.execute(
+            sa.select(operations.c.build_id, operations.c.name, operations.c.status, operations.c.log)
+            .where(operations.c.build_id.in_(chunk))
+            .order_by(operations.c.build_id, operations.c.position)
+        )
+        for r in rows:
+            found.setdefault(int(r.build_id), []).append(
+                OperationRow(name=r.name, status=Status(r.status), log=_decompress(r.log)))
+    return found
 
 
 def _insert(conn: Connection) -> Any:
