@@ -40,7 +40,10 @@ Example (every key is optional)::
     agent:
       name: host1
       tftp: {host: 127.0.0.1, port: 0}
-      build_timeout: 1800
+      build_timeout: 1800  # seconds a build may take in its machine
+      boot_timeout: 300     # seconds from boot until the worker fetches its task
+      shutdown_grace: 5     # seconds between the polite shutdown and the forced one
+      reconcile_interval: 600   # look for leftovers of this agent (after a crash) this often
       heartbeat: 5          # announcements; three missed ones and its builds are leased again
       controllers: ["https://ci.example.org/"]   # poll these over HTTP instead of using the broker
       poll_interval: 10
@@ -49,6 +52,10 @@ Example (every key is optional)::
       machines:
         - {id: m1, name: linux_debian_12-gcc_12, summary: "Debian 12, GCC 12", type: process}
         - {id: n1, name: null-x86_64, type: null}   # reports success at once: for benchmarks
+        - {id: vm1, name: linux_debian_12-gcc_12, type: kvm,   # a VM through libvirt
+           image: /var/cache/bbot/images/debian-12, memory: 2048, cpus: 2}
+        - {id: ct1, name: linux_debian_12-gcc_12, type: container,   # namespaces + overlayfs
+           image: /var/cache/bbot/images/debian-12, memory: 2048, cpus: 1}
 
 ``broker.url`` (a string, ``;`` between failover URLs) may stand for ``broker.urls``.
 """
@@ -59,6 +66,7 @@ import difflib
 import os
 import re
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,6 +128,9 @@ class MachineConfig:
     name: str
     summary: str
     type: str = "process"
+    # The options of the machine's type (image, memory, cpus, ...), checked by its backend
+    # (``check_options`` in bbot/agent/machines/<type>.py).
+    options: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -134,7 +145,9 @@ class AgentConfig:
     tftp_host: str = "127.0.0.1"
     tftp_port: int = 0  # 0: an ephemeral port, reported at start
     build_timeout: float = 1800.0
+    boot_timeout: float = 300.0  # from boot until the worker fetches its task
     shutdown_grace: float = 5.0
+    reconcile_interval: float = 600.0  # how often leftovers of this agent are looked for
     heartbeat: float = 5.0
     machines_dir: Path | None = None
     machines: tuple[MachineConfig, ...] = ()
@@ -426,23 +439,34 @@ def parse_config(document: Any, *, source: str = "<config>", data_dir: Path | No
         ))
 
     a = r.mapping(top.get("agent"), "agent",
-                  ["name", "tftp", "build_timeout", "shutdown_grace", "heartbeat", "machines_dir",
+                  ["name", "tftp", "build_timeout", "boot_timeout", "shutdown_grace", "reconcile_interval",
+                   "heartbeat", "machines_dir",
                    "machines", "controllers", "poll_interval", "poll_backoff_max", "key"])
     t = r.mapping(a.get("tftp"), "agent.tftp", ["host", "port"])
     machines: list[MachineConfig] = []
     for i, item in enumerate(r.items(a.get("machines"), "agent.machines")):
         where = f"agent.machines[{i}]"
-        m = r.mapping(item, where, ["id", "name", "summary", "type"])
+        if not isinstance(item, dict):
+            r.problem(where, f"expected a mapping of id, name, summary, type and the type's options; "
+                             f"got {type(item).__name__}")
+            continue
+        m = item
         mtype = r.string(m, "type", where, "process") or "process"
+        options = {k: v for k, v in m.items() if k not in MACHINE_KEYS}
         if mtype not in MACHINE_TYPES:
             r.problem(f"{where}.type",
                       f"unknown machine type '{mtype}'; known: {', '.join(MACHINE_TYPES)}")
+        else:
+            from bbot.agent.machines import check_options
+
+            check_options(mtype, where, options, r.problem, base)
         machines.append(MachineConfig(
             id=r.string(m, "id", where, required=True) or "",
             name=r.string(m, "name", where, required=True) or "",
             # brep needs a summary on every machine header: default to something true.
             summary=r.string(m, "summary", where) or f"{mtype} machine {m.get('id')}",
             type=mtype,
+            options=options,
         ))
     machines_dir = r.string(a, "machines_dir", "agent")
     agent = AgentConfig(
@@ -450,7 +474,9 @@ def parse_config(document: Any, *, source: str = "<config>", data_dir: Path | No
         tftp_host=r.string(t, "host", "agent.tftp", "127.0.0.1") or "127.0.0.1",
         tftp_port=int(r.number(t, "port", "agent.tftp", 0)),
         build_timeout=r.number(a, "build_timeout", "agent", 1800.0, minimum=1),
+        boot_timeout=r.number(a, "boot_timeout", "agent", 300.0, minimum=1),
         shutdown_grace=r.number(a, "shutdown_grace", "agent", 5.0),
+        reconcile_interval=r.number(a, "reconcile_interval", "agent", 600.0, minimum=1),
         heartbeat=r.number(a, "heartbeat", "agent", 5.0, minimum=0.1),
         machines_dir=(base / machines_dir) if machines_dir else None,
         machines=tuple(machines),
@@ -513,4 +539,6 @@ def _check_private_key(r: _Reader, where: str, path: Path | None) -> None:
 
 
 # Machine types an agent knows; each has one backend file under bbot/agent/machines/.
-MACHINE_TYPES = ("process", "null")
+MACHINE_TYPES = ("process", "null", "kvm", "container")
+# The keys every machine has; any other key of a machine is an option of its type.
+MACHINE_KEYS = ("id", "name", "summary", "type")

@@ -236,7 +236,8 @@ class TftpService:
 
     ``on_upload(boot_dir, path)`` is called on the server thread once a completed upload has
     been renamed into place, before the client is told the upload succeeded; it should
-    return quickly (signal another thread, no builds).
+    return quickly (signal another thread, no builds). ``on_download(boot_dir)`` is called
+    likewise when a download of a task manifest starts: the worker is up.
     """
 
     def __init__(
@@ -246,6 +247,7 @@ class TftpService:
         port: int = 0,
         max_upload_bytes: int = MAX_UPLOAD_BYTES,
         on_upload: Callable[[str, Path], None] | None = None,
+        on_download: Callable[[str], None] | None = None,
         session_timeout: float = 2.0,
         session_retries: int = 5,
     ) -> None:
@@ -254,6 +256,7 @@ class TftpService:
         self._requested_port = port
         self.max_upload_bytes = max_upload_bytes
         self.on_upload = on_upload
+        self.on_download = on_download
         self._session_timeout = session_timeout
         self._session_retries = session_retries
         self._allowed: set[str] = set()
@@ -436,7 +439,13 @@ class TftpService:
                     return
 
         def open_download(_name: str, **_peer: object) -> io.BufferedReader | None:
-            return self._open_task(boot_dir)
+            opened = self._open_task(boot_dir)
+            if self.on_download is not None:
+                try:
+                    self.on_download(boot_dir)
+                except Exception:
+                    log.exception("TFTP on_download hook failed for %s", boot_dir)
+            return opened
 
         def open_upload(_path: str, _context: object) -> _AtomicUpload:
             session.upload = self._open_result(boot_dir)

@@ -11,12 +11,14 @@ the controller's lease brings the task back.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import secrets
 import shutil
 import threading
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +29,7 @@ from kombu import Consumer
 
 from bbot import bus
 from bbot.agent.lifecycle import BootLife, MachineEvent, MachineState
-from bbot.agent.machines.base import BootSpec, MachineBackend
+from bbot.agent.machines.base import BootSpec, MachineBackend, agent_tag
 from bbot.agent.machines.null import NullMachine
 from bbot.agent.machines.process import ProcessMachine
 from bbot.bus import names
@@ -50,6 +52,7 @@ log = logging.getLogger(__name__)
 RESULT_SETTLE_SECONDS = 2.0
 TIMEOUT_PREFIX = "build timed out"
 MAX_CONSOLE_TAIL = 8192
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
 
 def make_backends() -> dict[str, MachineBackend]:
@@ -118,6 +121,8 @@ class Agent:
         self.boots_root = self.work_root / "boots"
         self._lock = threading.Lock()
         self._pending: dict[str, threading.Event] = {}  # boot id -> its result upload arrived
+        self._fetched: dict[str, threading.Event] = {}  # boot id -> its worker fetched the task
+        self.tag = agent_tag(config.name)  # names everything this agent makes on the host
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
         self._on_boot_done = on_boot_done
@@ -133,13 +138,17 @@ class Agent:
     # -- start and stop -------------------------------------------------------------------------
 
     def start(self) -> None:
-        # Leftovers of an earlier run of this agent are ours alone: clear them.
+        # Leftovers of an earlier run of this agent (domains, containers, overlays) are ours
+        # alone: clear them, then the folders they were in.
+        self.reconcile()
         for leftover in (self.tftp_root, self.boots_root):
             shutil.rmtree(leftover, ignore_errors=True)
             leftover.mkdir(parents=True)
+        for backend in self._used_backends():
+            log.info("agent %s: %s", self.config.name, backend.describe())
         self.tftp = TftpService(
             self.tftp_root, host=self.config.tftp_host, port=self.config.tftp_port,
-            on_upload=self._on_upload,
+            on_upload=self._on_upload, on_download=self._on_download,
         )
         self.tftp.start()
         log.info("agent %s: TFTP on %s:%d, %d machine(s)", self.config.name, self.config.tftp_host,
@@ -148,6 +157,40 @@ class Agent:
             self._start_polling()
         else:
             self._start_consuming()
+        self._spawn(self._reconcile_periodically, "agent-reconcile")
+
+    def _used_backends(self) -> list[MachineBackend]:
+        return [self.backends[t] for t in sorted({s.machine.type for s in self.slots})]
+
+    def live_boot_ids(self) -> set[str]:
+        with self._lock:
+            return {s.boot.boot_id for s in self.slots if s.boot is not None}
+
+    def reconcile(self) -> list[str]:
+        """Remove what this agent made for boots that are not running (domains, containers,
+        overlays, boot folders): leftovers of a crash. Touches only what carries our tag."""
+        removed: list[str] = []
+        live = self.live_boot_ids()
+        for backend in self._used_backends():
+            try:
+                removed += backend.reconcile(self.tag, live)
+            except Exception:
+                log.exception("agent %s: reconciling %s machines failed", self.config.name, backend.type_name)
+        for root in (self.boots_root, self.tftp_root):
+            if not root.is_dir():
+                continue
+            for entry in root.iterdir():
+                # A boot's folders exist a moment before it is live (claimed first, then made).
+                if entry.name not in live and entry.name not in self._pending:
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed.append(f"folder {entry}")
+        for what in removed:
+            log.warning("agent %s: removed a leftover: %s", self.config.name, what)
+        return removed
+
+    def _reconcile_periodically(self) -> None:
+        while not self._stopping.wait(self.config.reconcile_interval):
+            self.reconcile()
 
     def _start_polling(self) -> None:
         """Take tasks by polling controllers over HTTP (brep's interface); no broker at all."""
@@ -358,6 +401,11 @@ class Agent:
 
     # -- one boot ---------------------------------------------------------------------------------
 
+    def _on_download(self, boot_dir: str) -> None:
+        fetched = self._fetched.get(boot_dir)
+        if fetched is not None:
+            fetched.set()
+
     def _on_upload(self, boot_dir: str, path: Path) -> None:
         if path.name == RESULT_MANIFEST:
             arrived = self._pending.get(boot_dir)
@@ -368,35 +416,46 @@ class Agent:
         life = slot.boot
         assert life is not None and self.tftp is not None
         backend = self.backends[slot.machine.type]
-        spec = BootSpec(life.boot_id, self.boots_root / life.boot_id, self.config.tftp_host, self.tftp.port)
+        spec = BootSpec(life.boot_id, self.boots_root / life.boot_id, self.config.tftp_host, self.tftp.port,
+                        machine=slot.machine, tag=self.tag, label=f"{task.name}/{task.version} {session}")
         boot_dir = self.tftp_root / life.boot_id
         arrived = self._pending[life.boot_id] = threading.Event()
+        fetched = self._fetched[life.boot_id] = threading.Event()
         started = time.monotonic()
         result: Result | None = None
         try:
             boot_dir.mkdir()
-            (boot_dir / TASK_MANIFEST).write_text(task.to_text(), encoding="utf-8")
+            (boot_dir / TASK_MANIFEST).write_text(self._task_for(backend, task).to_text(), encoding="utf-8")
             self.tftp.allow(life.boot_id)
             spec.work_dir.mkdir(parents=True)
             backend.create_snapshot(spec)
             life.move(MachineEvent.BOOT)
             backend.boot(spec)
-            life.move(MachineEvent.STARTED)
-            result = self._wait_for_result(backend, spec, life, arrived, task)
+            if self._wait_for_worker(backend, spec, life, fetched):
+                life.move(MachineEvent.STARTED)
+                result = self._wait_for_result(backend, spec, life, arrived, task)
         except Exception as e:
             log.exception("agent %s: boot %s failed", self.config.name, life.boot_id)
             if life.state in (MachineState.SNAPSHOT, MachineState.BOOTING, MachineState.RUNNING):
                 life.move(MachineEvent.FAILED, f"machine failed to boot: {e}")
         finally:
-            backend.shutdown(spec, self.config.shutdown_grace)
+            try:
+                backend.shutdown(spec, self.config.shutdown_grace)
+            except Exception:
+                # Reconciling removes what is left of it (it carries our tag).
+                log.exception("agent %s: shutting boot %s down failed", self.config.name, life.boot_id)
             if life.state is MachineState.RESULT:
                 life.move(MachineEvent.SHUTDOWN)
             if result is None:
                 result = self._abnormal(task, life, backend.console_tail(spec, MAX_CONSOLE_TAIL))
-            backend.discard(spec)
+            try:
+                backend.discard(spec)
+            except Exception:
+                log.exception("agent %s: discarding boot %s failed", self.config.name, life.boot_id)
             self.tftp.forbid(life.boot_id)
             shutil.rmtree(boot_dir, ignore_errors=True)
             self._pending.pop(life.boot_id, None)
+            self._fetched.pop(life.boot_id, None)
             life.move(MachineEvent.DISCARD)
             self._release(slot)
         infrastructure: str | None = None
@@ -415,6 +474,43 @@ class Agent:
                              infrastructure=infrastructure)
         if self._on_boot_done is not None:
             self._on_boot_done(life)
+
+    @staticmethod
+    def _task_for(backend: MachineBackend, task: Task) -> Task:
+        """The task as the machine sees it: a repository on the agent host's loopback is
+        reached from a machine with a network of its own at the host's guest address."""
+        address = backend.guest_host_address
+        if address is None:
+            return task
+        parts = urllib.parse.urlsplit(task.repository_url)
+        if parts.hostname not in LOOPBACK_NAMES:
+            return task
+        netloc = address + (f":{parts.port}" if parts.port else "")
+        if parts.username:
+            netloc = parts.username + (f":{parts.password}" if parts.password else "") + "@" + netloc
+        url = urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+        return dataclasses.replace(task, repository_url=url)
+
+    def _wait_for_worker(self, backend: MachineBackend, spec: BootSpec, life: BootLife,
+                         fetched: threading.Event) -> bool:
+        """Booting: until the worker fetches its task manifest (True), or the machine stops,
+        or ``boot_timeout`` passes, or the agent stops (False, the boot failed)."""
+        deadline = time.monotonic() + self.config.boot_timeout
+        while not fetched.wait(timeout=0.05):
+            if self._stopping.is_set():
+                life.move(MachineEvent.FAILED, "agent stopping")
+                return False
+            exited = backend.poll(spec)
+            if exited is not None and not fetched.is_set():
+                life.move(MachineEvent.FAILED,
+                          f"machine stopped before its worker started: {exited.description}")
+                return False
+            if time.monotonic() > deadline:
+                life.move(MachineEvent.FAILED,
+                          f"machine did not start its worker within boot_timeout "
+                          f"({self.config.boot_timeout:g} s); machine shut down")
+                return False
+        return True
 
     def _wait_for_result(self, backend: MachineBackend, spec: BootSpec, life: BootLife,
                          arrived: threading.Event, task: Task) -> Result | None:

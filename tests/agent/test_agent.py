@@ -21,10 +21,17 @@ from bbot.manifest.status import Status
 PY = sys.executable
 
 
+# A worker's first act: fetch its task over TFTP (which tells the agent it has started).
+FETCH = ("import os; from bbot.tftp import download; h, p = os.environ['BBOT_TFTP'].split(':'); "
+         "download(h, int(p), os.environ['BBOT_DIR'] + '/task.manifest'); ")
+
+
 def run_one(tmp_path: Path, unique: str, worker: list[str], timeout: float = 30.0,
-            build_timeout: float = 20.0) -> tuple[ResultRequest, dict[str, object], list[BootLife]]:
+            build_timeout: float = 20.0, boot_timeout: float = 20.0,
+            ) -> tuple[ResultRequest, dict[str, object], list[BootLife]]:
     machine = f"m-{unique}"
-    config = AgentConfig(name=f"agent-{unique}", build_timeout=build_timeout, shutdown_grace=1.0,
+    config = AgentConfig(name=f"agent-{unique}", build_timeout=build_timeout, boot_timeout=boot_timeout,
+                         shutdown_grace=1.0,
                          heartbeat=0.5, machines=(MachineConfig(f"id-{unique}", machine, "test machine"),))
     lives: list[BootLife] = []
     agent = Agent(config, broker_url="memory://", data_dir=tmp_path,
@@ -59,7 +66,7 @@ def run_one(tmp_path: Path, unique: str, worker: list[str], timeout: float = 30.
 def test_hanging_worker_ends_abnormal_with_timeout(tmp_path: Path, unique: str) -> None:
     start = time.monotonic()
     request, headers, lives = run_one(
-        tmp_path, unique, [PY, "-c", "import time; print('hanging', flush=True); time.sleep(600)"],
+        tmp_path, unique, [PY, "-c", FETCH + "import time; print('hanging', flush=True); time.sleep(600)"],
         build_timeout=1.5)
     assert time.monotonic() - start < 15
     assert request.session == "/libx/1.0/t/c/d/n/1/42"
@@ -69,11 +76,29 @@ def test_hanging_worker_ends_abnormal_with_timeout(tmp_path: Path, unique: str) 
     assert "hanging" in log  # the console tail
     assert headers[names.HEADER_AGENT] == f"agent-{unique}"
     assert lives[0].state is MachineState.DISCARDED
+    assert lives[0].seconds_in(MachineState.RUNNING) >= 1.5
+
+
+def test_machine_that_never_starts_its_worker_ends_abnormal_at_boot_timeout(tmp_path: Path, unique: str) -> None:
+    start = time.monotonic()
+    request, headers, lives = run_one(
+        tmp_path, unique, [PY, "-c", "import time; print('stuck in boot', flush=True); time.sleep(600)"],
+        boot_timeout=1.5)
+    assert time.monotonic() - start < 15
+    log = request.result.results[0].log
+    assert request.result.status is Status.ABNORMAL
+    assert "machine did not start its worker within boot_timeout (1.5 s)" in log
+    assert "stuck in boot" in log
+    # Not the package's fault: another machine may do better.
+    assert "did not start its worker" in str(headers[names.HEADER_INFRA_FAILURE])
+    assert lives[0].seconds_in(MachineState.RUNNING) == 0
+    assert lives[0].state is MachineState.DISCARDED
 
 
 def test_crashing_worker_ends_abnormal_with_signal(tmp_path: Path, unique: str) -> None:
     request, _, lives = run_one(
-        tmp_path, unique, [PY, "-c", "import os; print('about to crash', flush=True); os.kill(os.getpid(), 9)"])
+        tmp_path, unique,
+        [PY, "-c", FETCH + "print('about to crash', flush=True); os.kill(os.getpid(), 9)"])
     assert request.result.status is Status.ABNORMAL
     log = request.result.results[0].log
     assert "worker killed by SIGKILL without a result" in log
@@ -81,8 +106,17 @@ def test_crashing_worker_ends_abnormal_with_signal(tmp_path: Path, unique: str) 
     assert lives[0].failure is not None
 
 
+def test_machine_dying_in_boot_ends_abnormal_at_once(tmp_path: Path, unique: str) -> None:
+    start = time.monotonic()
+    request, _, _ = run_one(tmp_path, unique, [PY, "-c", "print('kernel panic'); raise SystemExit(3)"])
+    assert time.monotonic() - start < 10
+    log = request.result.results[0].log
+    assert "machine stopped before its worker started: worker exited with code 3" in log
+    assert "kernel panic" in log
+
+
 def test_worker_exiting_without_result(tmp_path: Path, unique: str) -> None:
-    request, _, _ = run_one(tmp_path, unique, [PY, "-c", "raise SystemExit(3)"])
+    request, _, _ = run_one(tmp_path, unique, [PY, "-c", FETCH + "raise SystemExit(3)"])
     assert request.result.status is Status.ABNORMAL
     assert "worker exited with code 3 without a result" in request.result.results[0].log
 

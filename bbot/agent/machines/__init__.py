@@ -1,1 +1,25 @@
+"""Build machine backends, one per file: process, null, kvm (libvirt), container.
 
+Each backend module has the backend class and ``check_options(where, options,
+problem, base)``, which reports every problem with the options of a machine of
+its type (config.py calls it while it collects the configuration's problems).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from bbot.config import MACHINE_TYPES
+
+Problem = Any  # Callable[[str, str], None]; see base.Problem (kept light: config imports this)
+
+
+def check_options(machine_type: str, where: str, options: Mapping[str, Any], problem: Problem,
+                  base: Path) -> None:
+    """Check a machine's type-specific options (``base``: the config file's folder)."""
+    assert machine_type in MACHINE_TYPES
+    module = importlib.import_module(f"bbot.agent.machines.{machine_type}")
+    module.check_options(where, options, problem, base)

@@ -1,12 +1,45 @@
-"""What every machine type provides to the agent; one backend per file beside this one."""
+"""What every machine type provides to the agent; one backend per file beside this one.
+
+The agent drives every boot through the same lifecycle (``bbot.agent.lifecycle``):
+create the snapshot, boot, wait for the worker's result (or the machine's death,
+or a timeout), shut down, discard. A backend only knows how to do each step for
+its kind of machine; timeouts, results and retries are the agent's.
+
+Everything a backend creates on the host (domains, overlays, directories,
+cgroups, processes) carries the agent's tag in its name, so ``reconcile`` can
+find and remove what an earlier run of the same agent left behind, and never
+touches anything else.
+"""
 
 from __future__ import annotations
 
 import abc
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from bbot.config import MachineConfig
 from bbot.manifest import Result, Task
+
+# -- what a machine is told at boot (the image's init reads these; see ops/images/) --------------
+# The worker learns its TFTP server and boot directory from the kernel command line of a VM
+# (or SMBIOS OEM strings, for firmware boot), as ``bbot.tftp=HOST:PORT bbot.dir=BOOTDIR``.
+CMDLINE_TFTP = "bbot.tftp"
+CMDLINE_DIR = "bbot.dir"
+# Inside a machine on user-mode networking (QEMU's, or slirp4netns for containers) the host's
+# loopback is reached at this address: services the agent host serves on 127.0.0.1 (its
+# TFTP server, a local git server) are reached there.
+GUEST_HOST_ADDRESS = "10.0.2.2"
+
+# Reports a configuration problem: (where, what is wrong and how to fix it).
+Problem = Callable[[str, str], None]
+
+
+def agent_tag(agent_name: str) -> str:
+    """The prefix of every name this agent gives to what it creates on the host."""
+    return "bbot-" + re.sub(r"[^A-Za-z0-9_.-]", "_", agent_name)[:40]
 
 
 @dataclass(frozen=True)
@@ -15,8 +48,21 @@ class BootSpec:
 
     boot_id: str  # unique per boot; also the name of the boot's TFTP directory
     work_dir: Path  # the agent's scratch space for this boot (snapshot, console log)
-    tftp_host: str
+    tftp_host: str  # where the agent's TFTP server listens, as the host sees it
     tftp_port: int
+    machine: MachineConfig | None = None  # the configured machine (its type's options)
+    tag: str = "bbot"  # the agent's tag: agent_tag(agent name)
+    label: str = ""  # what the boot is for, e.g. "libhello/1.0.0 attempt 2" (metadata, logs)
+
+    @property
+    def resource_name(self) -> str:
+        """The name of this boot's domain, container, cgroup: the tag and the boot id."""
+        return f"{self.tag}-{self.boot_id}"
+
+    def option(self, key: str, default: Any = None) -> Any:
+        if self.machine is None:
+            return default
+        return self.machine.options.get(key, default)
 
 
 @dataclass(frozen=True)
@@ -34,9 +80,23 @@ class MachineBackend(abc.ABC):
     # True for a machine whose worker needs no boot (the null machine): the agent asks
     # ``instant_result`` instead of booting and waiting.
     instant: bool = False
+    # How the machine reaches the agent host's loopback: None when it shares the host's
+    # network (process machines), else the address the agent puts in place of 127.0.0.1
+    # (its TFTP server, and loopback repository URLs in the task).
+    guest_host_address: str | None = None
 
     def instant_result(self, task: Task) -> Result:
         raise NotImplementedError(f"machine type '{self.type_name}' must be booted")
+
+    def describe(self) -> str:
+        """One line for the agent's start-up log (e.g. which accelerator VMs run on)."""
+        return self.type_name
+
+    def reconcile(self, tag: str, live_boot_ids: set[str]) -> list[str]:
+        """Remove what this backend made under ``tag`` for boots not in ``live_boot_ids``
+        (left by a crashed or killed agent); return a description of each thing removed.
+        Must never touch anything without the tag."""
+        return []
 
     @abc.abstractmethod
     def create_snapshot(self, spec: BootSpec) -> None:
@@ -61,3 +121,9 @@ class MachineBackend(abc.ABC):
     @abc.abstractmethod
     def discard(self, spec: BootSpec) -> None:
         """Throw the snapshot away. Idempotent; must not fail when parts are already gone."""
+
+
+def check_no_options(where: str, options: Mapping[str, Any], problem: Problem) -> None:
+    """For machine types that take no options of their own."""
+    for key in options:
+        problem(f"{where}.{key}", "unknown key; allowed: id, name, summary, type")

@@ -8,7 +8,11 @@ boot through the whole lifecycle state machine.
 
 from __future__ import annotations
 
-from bbot.agent.machines.base import BootSpec, Exit, MachineBackend
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from bbot.agent.machines.base import BootSpec, Exit, MachineBackend, Problem, check_no_options
 from bbot.manifest import OperationResult, Result, Task
 from bbot.manifest.status import Status
 
@@ -38,3 +42,7 @@ class NullMachine(MachineBackend):
 
     def discard(self, spec: BootSpec) -> None:
         pass
+
+
+def check_options(where: str, options: Mapping[str, Any], problem: Problem, base: Path) -> None:
+    check_no_options(where, options, problem)

@@ -15,9 +15,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from bbot.agent.machines.base import BootSpec, Exit, MachineBackend
+from bbot.agent.machines.base import BootSpec, Exit, MachineBackend, Problem, check_no_options
 
 CONSOLE_LOG = "console.log"
 
@@ -99,3 +101,7 @@ class ProcessMachine(MachineBackend):
 
     def discard(self, spec: BootSpec) -> None:
         shutil.rmtree(spec.work_dir, ignore_errors=True)
+
+
+def check_options(where: str, options: Mapping[str, Any], problem: Problem, base: Path) -> None:
+    check_no_options(where, options, problem)
