@@ -20,7 +20,7 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +29,8 @@ from kombu import Consumer
 
 from bbot import bus
 from bbot.agent.lifecycle import BootLife, MachineEvent, MachineState
+from bbot.agent.machines import backend_for
 from bbot.agent.machines.base import BootSpec, MachineBackend, agent_tag
-from bbot.agent.machines.null import NullMachine
-from bbot.agent.machines.process import ProcessMachine
 from bbot.bus import names
 from bbot.config import AgentConfig, MachineConfig
 from bbot.manifest import (
@@ -55,9 +54,13 @@ MAX_CONSOLE_TAIL = 8192
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
 
-def make_backends() -> dict[str, MachineBackend]:
+def make_backends(types: Iterable[str] = ("process", "null")) -> dict[str, MachineBackend]:
     """One backend per machine type (see bbot/agent/machines/)."""
-    return {"process": ProcessMachine(), "null": NullMachine()}
+    backends: dict[str, MachineBackend] = {}
+    for machine_type in types:
+        backend: MachineBackend = backend_for(machine_type)
+        backends[machine_type] = backend
+    return backends
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,7 @@ class Agent:
         self.broker_declare = broker_declare
         self.toolchain_name = toolchain_name
         self.toolchain_version = toolchain_version
-        self.backends = backends or make_backends()
+        self.backends = backends or make_backends(sorted({m.type for m in config.machines}))
         self.slots = [Slot(m) for m in config.machines]
         self._free = Counter(s.machine.name for s in self.slots)  # free machines by name, under _lock
         if not self.slots:
@@ -140,6 +143,8 @@ class Agent:
     def start(self) -> None:
         # Leftovers of an earlier run of this agent (domains, containers, overlays) are ours
         # alone: clear them, then the folders they were in.
+        for backend in self._used_backends():
+            backend.attach([s.machine for s in self.slots if self.backends[s.machine.type] is backend])
         self.reconcile()
         for leftover in (self.tftp_root, self.boots_root):
             shutil.rmtree(leftover, ignore_errors=True)
@@ -179,11 +184,20 @@ class Agent:
         for root in (self.boots_root, self.tftp_root):
             if not root.is_dir():
                 continue
+            mounts = _mount_points()
             for entry in root.iterdir():
                 # A boot's folders exist a moment before it is live (claimed first, then made).
-                if entry.name not in live and entry.name not in self._pending:
-                    shutil.rmtree(entry, ignore_errors=True)
-                    removed.append(f"folder {entry}")
+                if entry.name in live or entry.name in self._pending:
+                    continue
+                busy = [m for m in mounts if m == entry or entry in m.parents]
+                if busy:
+                    # Never delete through a mount (a machine's root, a bind of something else):
+                    # its backend unmounts it first, at the next reconcile if not now.
+                    log.error("agent %s: leftover %s still has mounts (%s); left for the next reconcile",
+                              self.config.name, entry, ", ".join(map(str, busy)))
+                    continue
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(f"folder {entry}")
         for what in removed:
             log.warning("agent %s: removed a leftover: %s", self.config.name, what)
         return removed
@@ -575,6 +589,16 @@ class Agent:
         headers.update({names.HEADER_METRICS_PREFIX + k: round(v, 6) for k, v in metrics.items()})
         self._outbox.put(bus.Outgoing(request.to_text(), self._results_exchange, reply_to,
                                       correlation_id=request.session, headers=headers))
+
+
+def _mount_points() -> list[Path]:
+    """Every mount point of this process's mount namespace."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            # Field 5 is the mount point, with spaces and such escaped as octal (\040).
+            return [Path(line.split()[4].encode().decode("unicode_escape")) for line in f]
+    except OSError:
+        return []
 
 
 class _Outbox:

@@ -17,6 +17,19 @@ from bbot.config import MACHINE_TYPES
 Problem = Any  # Callable[[str, str], None]; see base.Problem (kept light: config imports this)
 
 
+def backend_for(machine_type: str) -> Any:
+    """A new backend of this machine type: the MachineBackend subclass in its module."""
+    from bbot.agent.machines.base import MachineBackend
+
+    assert machine_type in MACHINE_TYPES
+    module = importlib.import_module(f"bbot.agent.machines.{machine_type}")
+    for value in vars(module).values():
+        if (isinstance(value, type) and issubclass(value, MachineBackend)
+                and getattr(value, "type_name", None) == machine_type):
+            return value()
+    raise LookupError(f"bbot.agent.machines.{machine_type} has no backend class")
+
+
 def check_options(machine_type: str, where: str, options: Mapping[str, Any], problem: Problem,
                   base: Path) -> None:
     """Check a machine's type-specific options (``base``: the config file's folder)."""

@@ -88,6 +88,10 @@ class MachineBackend(abc.ABC):
     def instant_result(self, task: Task) -> Result:
         raise NotImplementedError(f"machine type '{self.type_name}' must be booted")
 
+    def attach(self, machines: list[MachineConfig]) -> None:  # noqa: B027 (optional step)
+        """Called once at agent start with the machines of this type (open connections,
+        choose accelerators). Raises when they cannot work at all."""
+
     def describe(self) -> str:
         """One line for the agent's start-up log (e.g. which accelerator VMs run on)."""
         return self.type_name
