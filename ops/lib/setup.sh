@@ -64,3 +64,41 @@ ensure_postgresql() {
   pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
   wait_for_port 127.0.0.1 5432 60 || { say "PostgreSQL did not come up on 127.0.0.1:5432"; return 1; }
 }
+
+# ensure_deb PACKAGE ...: install Debian packages that dpkg does not have (for packages
+# whose presence no single command tells, such as libvirt-dev).
+ensure_deb() {
+  local missing=() p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  say "installing Debian packages: ${missing[*]}"
+  local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# What kvm and container build machines need on the agent's host.
+MACHINE_PACKAGES=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-daemon-driver-qemu
+                  libvirt-clients libvirt-dev pkg-config slirp4netns uidmap debootstrap busybox-static)
+
+# ensure_libvirtd: libvirt's daemons, started by hand (no systemd here), answering on
+# qemu:///system.
+ensure_libvirtd() {
+  virsh -c qemu:///system version >/dev/null 2>&1 && return 0
+  say "starting libvirtd"
+  pgrep -x virtlogd >/dev/null || virtlogd -d
+  pgrep -x libvirtd >/dev/null || libvirtd -d
+  local deadline=$((SECONDS + 30))
+  until virsh -c qemu:///system version >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || { say "libvirtd did not answer on qemu:///system"; return 1; }
+    sleep 0.5
+  done
+}
+
+# ensure_image: the Debian image of kvm and container machines (built once, cached by content);
+# prints its folder.
+ensure_image() {
+  "$BBOT_ROOT/ops/images/build" | tail -1
+}

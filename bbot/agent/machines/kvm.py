@@ -331,8 +331,13 @@ class KvmMachine(MachineBackend):
     def poll(self, spec: BootSpec) -> Exit | None:
         libvirt = _libvirt()
         domain = self._domain(spec)
+        try:
+            state, reason = domain.state() if domain is not None else (None, None)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                raise
+            domain = None  # it went away between the lookup and the question
         if domain is not None:
-            state, reason = domain.state()
             if state in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED,
                          libvirt.VIR_DOMAIN_NOSTATE):
                 return None
