@@ -557,13 +557,14 @@ class ContainerMachine(MachineBackend):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             removed.append(f"container supervisor {proc.pid} of boot {boot_id}")
+        # Listed before any is killed: killing one ends others (its children, its slirp4netns).
+        found = [(pid, name, _command_name(pid)) for pid, name in machine_processes(prefix) if leftover(name)]
         killed = []
-        for pid, name in machine_processes(prefix):
-            if leftover(name):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-                removed.append(f"process {pid} ({_command_name(pid)}) of {name}")
+        for pid, name, command in found:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+            removed.append(f"process {pid} ({command}) of {name}")
         _wait_gone(killed)
         for directory in self._cgroups_named(prefix):
             if leftover(directory.name):

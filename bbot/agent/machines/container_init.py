@@ -57,6 +57,9 @@ TAP_NAME = "tap0"
 TAP_ADDRESS = "10.0.2.100/24"
 SLIRP_GATEWAY = "10.0.2.2"
 SLIRP_MTU = 65520
+# Where the container's root waits for pivot_root in the setup's own mount namespace: a
+# directory container root can reach (the agent's data directory may be closed to others).
+STAGE = "/tmp"
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -190,6 +193,8 @@ def supervise(config: dict[str, Any]) -> int:
         if up_line is not None and up_line.startswith("worker "):
             _, number, text = up_line.split(" ", 2)
             worker_end = (None if number == "None" else int(number), text)
+        elif up_line is not None and up_line.startswith("init-status "):
+            worker_end = describe_status(int(up_line.split()[1]), "container init")
     except Exception as e:
         say(f"starting the container failed: {e}")
         os.kill(outer, signal.SIGKILL)
@@ -254,6 +259,7 @@ def run_outer(config: dict[str, Any], down: Channel, up: Channel, supervisor: in
     unshare(CLONE_NEWNS)
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     prepare_root(config, root)
+    mount(root, STAGE, None, MS_BIND | MS_REC)
     unshare(CLONE_NEWUSER)
     up.send("userns")
     down.expect("mapped")
@@ -275,6 +281,7 @@ def run_outer(config: dict[str, Any], down: Channel, up: Channel, supervisor: in
         os._exit(code)
     up.send(f"init {init}")
     _, status = os.waitpid(init, 0)
+    up.send(f"init-status {status}")
     return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
 
 
@@ -312,7 +319,7 @@ def prepare_root(config: dict[str, Any], root: str) -> None:
 
 def run_init(config: dict[str, Any], up: Channel, parent: int) -> int:
     die_with_parent(parent)
-    root = config["root"]
+    root = STAGE
     _libc.sethostname(config["hostname"].encode(), len(config["hostname"]))
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     # What this namespace inherited is locked (it belongs to a more privileged one) and a
