@@ -50,11 +50,10 @@ DEFAULT_PIDS = 4096
 # subordinate range): container root is no one on the host.
 UID_BASE = 100000
 UID_COUNT = 65536
-# Where the worker code is bound inside, and the packages bound there. `python3 -m bbot`
-# imports bbot.config, hence PyYAML: a Debian image without python3-yaml still runs the
-# worker (PyYAML falls back to pure Python when its C part cannot load).
+# Where the worker code is bound inside, and the packages bound there: what
+# `python3 -m bbot.worker` imports (the worker alone, as every machine image runs it).
 WORKER_ROOT = "/opt/bbot"
-WORKER_PACKAGES = ("bbot", "tftpy", "yaml")
+WORKER_PACKAGES = ("bbot", "tftpy")
 BUILD_DIR = "/build"
 HOSTNAME = "bbot-machine"  # the image's /etc/hosts names it
 CPU_PERIOD_US = 100_000
@@ -452,7 +451,7 @@ class ContainerMachine(MachineBackend):
             "BBOT_WORK": BUILD_DIR,
             MACHINE_ENV: spec.resource_name,
         }
-        command = self._command or ["python3", "-m", "bbot", "worker", "--tftp", env["BBOT_TFTP"],
+        command = self._command or ["python3", "-m", "bbot.worker", "--tftp", env["BBOT_TFTP"],
                                     "--dir", spec.boot_id, "--work", BUILD_DIR]
         config = {
             "root": str(directory / "root"),
