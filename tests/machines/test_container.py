@@ -126,6 +126,30 @@ def leftovers(prefix: str) -> list[str]:
     return left
 
 
+def limits_of(name: str) -> dict[str, float]:
+    """The limits the host's cgroups (v2 or v1) hold for the boot ``name``."""
+    layout = discover_cgroups()
+    found: dict[str, float] = {}
+    if layout.v2_parent is not None:
+        v2 = layout.v2_parent / name
+        if "memory" in layout.v2_controllers:
+            found["memory"] = int((v2 / "memory.max").read_text())
+        if "pids" in layout.v2_controllers:
+            found["pids"] = int((v2 / "pids.max").read_text())
+        if "cpu" in layout.v2_controllers:
+            quota, period = (v2 / "cpu.max").read_text().split()
+            found["cpu"] = int(quota) / int(period)
+    for controller, parent in layout.v1_parents.items():
+        v1 = parent / name
+        if controller == "memory":
+            found["memory"] = int((v1 / "memory.limit_in_bytes").read_text())
+        elif controller == "pids":
+            found["pids"] = int((v1 / "pids.max").read_text())
+        elif controller == "cpu":
+            found["cpu"] = int((v1 / "cpu.cfs_quota_us").read_text()) / int((v1 / "cpu.cfs_period_us").read_text())
+    return found
+
+
 def sh(script: str) -> list[str]:
     return ["/bin/sh", "-c", script]
 
@@ -183,7 +207,8 @@ def test_normal_run_inside_its_own_namespaces(tmp_path: Path, rootfs: Path, uniq
         "rm -f /etc/hostname || echo rootfs-readonly; "
         "python3 -c 'import bbot, tftpy; print(\"worker code at\", bbot.__file__)'; "
         "echo mounts; cut -d' ' -f2 /proc/mounts; echo links; tail -n +3 /proc/net/dev | cut -d: -f1; "
-        "echo processes $(ls -d /proc/[0-9]* | wc -l); exit 7"))
+        "echo processes $(ls -d /proc/[0-9]* | wc -l); "
+        "echo routes; tail -n +2 /proc/net/route | cut -f1,2; exit 7"))
     spec = make_spec(tmp_path, tag, {"rootfs": str(rootfs)}, tftp_port=4242)
     start = time.monotonic()
     ended, console = run_command(machine, spec)
@@ -203,8 +228,11 @@ def test_normal_run_inside_its_own_namespaces(tmp_path: Path, rootfs: Path, uniq
     assert sorted(seen) == sorted(["/", "/opt/bbot/bbot", "/opt/bbot/tftpy", "/dev",
                                    "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom",
                                    "/dev/tty", "/proc", "/dev/shm"]), seen
-    links = [name.strip() for name in lines[lines.index("links") + 1:] if not name.startswith("processes")]
+    links = [name.strip() for name in lines[lines.index("links") + 1:lines.index("routes")]
+             if not name.startswith("processes")]
     assert sorted(links) == ["lo", "tap0"]
+    # 10.0.2.0/24 only (host loopback at 10.0.2.2): no default route off this host.
+    assert [line.split() for line in lines[lines.index("routes") + 1:]] == [["tap0", "0002000A"]]
     processes = next(line for line in lines if line.startswith("processes "))
     assert int(processes.split()[1]) < 8, processes  # init, the shell, a few of its children
     # The lower layer is as it was; the boot's writes went with its upper layer.
@@ -241,7 +269,7 @@ def test_worker_runs_as_an_unprivileged_host_uid_and_reaches_only_host_loopback(
         "time.sleep(30)\n"
     )
     machine = ContainerMachine(["python3", "-c", script])
-    spec = make_spec(tmp_path, tag, {"rootfs": str(rootfs)})
+    spec = make_spec(tmp_path, tag, {"rootfs": str(rootfs), "memory": 300, "cpus": 0.5, "pids": 64})
     machine.create_snapshot(spec)
     machine.boot(spec)
     try:
@@ -257,6 +285,9 @@ def test_worker_runs_as_an_unprivileged_host_uid_and_reaches_only_host_loopback(
         uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
         assert uids == [str(UID_BASE)] * 4  # container root is uid 100000 on the host
         assert machine.poll(spec) is None
+        assert limits_of(spec.resource_name) == {"memory": 300 * 2**20, "pids": 64, "cpu": 0.5}
+        for group in discover_cgroups().dirs(spec.resource_name):
+            assert str(workers[0]) in (group / "cgroup.procs").read_text().split(), group
     finally:
         machine.shutdown(spec, 0.5)
         machine.discard(spec)
@@ -353,6 +384,44 @@ def test_pids_limit(tmp_path: Path, rootfs: Path, unique: str) -> None:
     # init and python itself count: fewer than 20 children.
     assert int(refused.split()[2]) < 20
     assert "Resource temporarily unavailable" in refused
+
+
+def test_internet_option_adds_a_default_route(tmp_path: Path, rootfs: Path, unique: str) -> None:
+    # Only the route is checked: test traffic stays on this host.
+    machine = ContainerMachine(sh("tail -n +2 /proc/net/route | cut -f1,2,3"))
+    ended, console = run_command(machine, make_spec(tmp_path, f"bbot-ct{unique}",
+                                                    {"rootfs": str(rootfs), "internet": True}))
+    assert ended.code == 0, console
+    # Default via 10.0.2.2 (slirp4netns' gateway), as well as the local network.
+    assert sorted(line.split() for line in console.splitlines()) == [["tap0", "00000000", "0202000A"],
+                                                                     ["tap0", "0002000A", "00000000"]]
+
+
+def test_without_cgroups_rlimits_limit_and_shutdown_still_ends_everything(
+        tmp_path: Path, rootfs: Path, unique: str) -> None:
+    machine = ContainerMachine(["python3", "-c",
+                                "import os, subprocess, time\n"
+                                "try:\n    bytearray(300 * 2**20)\nexcept MemoryError:\n"
+                                "    print('300 MiB refused', flush=True)\n"
+                                "children = []\n"
+                                "try:\n"
+                                "    for _ in range(100):\n"
+                                "        children.append(subprocess.Popen(['setsid', 'sleep', '600']))\n"
+                                "except OSError as e:\n"
+                                "    print('refused after', len(children), flush=True)\n"
+                                "time.sleep(600)\n"], use_cgroups=False)
+    spec = make_spec(tmp_path, f"bbot-ct{unique}", {"rootfs": str(rootfs), "memory": 128, "pids": 20})
+    machine.create_snapshot(spec)
+    machine.boot(spec)
+    wait_for(lambda: "refused after" in machine.console_tail(spec), 20, "the limits to bite")
+    console = machine.console_tail(spec)
+    assert "300 MiB refused" in console
+    assert int(console.split("refused after")[1].split()[0]) < 20
+    assert cgroups_named(spec.resource_name) == []
+    assert len(list(machine_processes(spec.resource_name))) > 10
+    machine.shutdown(spec, 0.2)
+    machine.discard(spec)
+    assert leftovers(f"bbot-ct{unique}") == []
 
 
 def test_missing_rootfs_fails_the_snapshot_with_its_fix(tmp_path: Path, unique: str) -> None:

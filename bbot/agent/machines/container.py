@@ -331,8 +331,9 @@ def remove_cgroups(directories: list[Path], deadline_seconds: float = KILL_WAIT_
 
 # -- processes -----------------------------------------------------------------------------------
 
-def machine_processes(prefix: str) -> Iterator[tuple[int, str]]:
-    """(pid, resource name) of every live process whose BBOT_MACHINE starts with ``prefix``."""
+def machine_processes(prefix: str, exact: bool = False) -> Iterator[tuple[int, str]]:
+    """(pid, resource name) of every live process whose BBOT_MACHINE starts with ``prefix``
+    (or is ``prefix``, when ``exact``)."""
     marker = f"{MACHINE_ENV}={prefix}".encode()
     me = os.getpid()
     for entry in os.scandir("/proc"):
@@ -344,7 +345,7 @@ def machine_processes(prefix: str) -> Iterator[tuple[int, str]]:
         except OSError:
             continue
         for variable in environ.split(b"\0"):
-            if variable.startswith(marker):
+            if variable == marker if exact else variable.startswith(marker):
                 yield int(entry.name), variable.split(b"=", 1)[1].decode(errors="replace")
                 break
 
@@ -383,12 +384,14 @@ class ContainerMachine(MachineBackend):
     type_name = "container"
     guest_host_address = GUEST_HOST_ADDRESS
 
-    def __init__(self, command: list[str] | None = None) -> None:
+    def __init__(self, command: list[str] | None = None, use_cgroups: bool = True) -> None:
         # The worker command run inside (tests replace it); None: bbot's worker. It sees
         # BBOT_TFTP, BBOT_DIR and BBOT_WORK in its environment either way.
         self._command = command
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
-        self._layout: CgroupLayout | None = None
+        # Without cgroups (a host without them, or a test of that case) rlimits limit memory
+        # and processes, and the death of the container's init ends everything in it.
+        self._layout: CgroupLayout | None = None if use_cgroups else CgroupLayout()
 
     @property
     def layout(self) -> CgroupLayout:
@@ -534,7 +537,7 @@ class ContainerMachine(MachineBackend):
             for pid in _cgroup_pids(directory):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-        _wait_gone([pid for pid, _ in machine_processes(spec.resource_name)])
+        _wait_gone([pid for pid, _ in machine_processes(spec.resource_name, exact=True)])
 
     def discard(self, spec: BootSpec) -> None:
         _unmount(self._dir(spec) / "root")

@@ -223,8 +223,9 @@ def start_network(config: dict[str, Any], outer: int) -> subprocess.Popen[bytes]
     exit_read, exit_write = os.pipe()  # slirp4netns ends when this closes: with the supervisor
     with open(config["slirp4netns_log"], "ab") as log:  # its chatter stays off the console
         slirp = subprocess.Popen(
-            [config["slirp4netns"], "--mtu", str(SLIRP_MTU), "--ready-fd", str(ready_write),
-             "--exit-fd", str(exit_read), str(outer), TAP_NAME],
+            # Sandboxed: its own mount namespace, no capabilities left, a seccomp filter.
+            [config["slirp4netns"], "--mtu", str(SLIRP_MTU), "--enable-sandbox", "--enable-seccomp",
+             "--ready-fd", str(ready_write), "--exit-fd", str(exit_read), str(outer), TAP_NAME],
             pass_fds=(ready_write, exit_read), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
         )
     os.close(ready_write)
