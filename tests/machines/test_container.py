@@ -470,6 +470,9 @@ def test_reconcile_removes_what_a_crashed_agent_left_and_nothing_else(
     for spec in specs:
         wait_for(lambda s=spec: "running" in crashed.console_tail(s), 15, "the containers to run")  # type: ignore[misc]
     assert len(leftovers(tag)) > 9
+    # The backend that runs them never takes its own boots for leftovers, even when the
+    # agent's list of live boots was taken before they began.
+    assert crashed.reconcile(tag, set()) == []
     # A new agent, which knows only the boot it runs now (the last one).
     fresh = ContainerMachine()
     removed = fresh.reconcile(tag, {specs[2].boot_id})

@@ -389,6 +389,9 @@ class ContainerMachine(MachineBackend):
         # BBOT_TFTP, BBOT_DIR and BBOT_WORK in its environment either way.
         self._command = command
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        # Boots of this backend between create_snapshot and discard: reconcile leaves them
+        # alone even when the agent's list of live boots was taken just before they began.
+        self._active: set[str] = set()
         # Without cgroups (a host without them, or a test of that case) rlimits limit memory
         # and processes, and the death of the container's init ends everything in it.
         self._layout: CgroupLayout | None = None if use_cgroups else CgroupLayout()
@@ -424,6 +427,7 @@ class ContainerMachine(MachineBackend):
         return spec.work_dir / spec.resource_name
 
     def create_snapshot(self, spec: BootSpec) -> None:
+        self._active.add(spec.boot_id)
         settings = self._settings(spec)
         _tools()  # fail before anything is made when the host lacks them
         directory = self._dir(spec)
@@ -540,6 +544,7 @@ class ContainerMachine(MachineBackend):
         _wait_gone([pid for pid, _ in machine_processes(spec.resource_name, exact=True)])
 
     def discard(self, spec: BootSpec) -> None:
+        self._active.discard(spec.boot_id)
         _unmount(self._dir(spec) / "root")
         remove_cgroups(self.layout.dirs(spec.resource_name))
         shutil.rmtree(spec.work_dir, ignore_errors=True)
@@ -548,17 +553,12 @@ class ContainerMachine(MachineBackend):
 
     def reconcile(self, tag: str, live_boot_ids: set[str]) -> list[str]:
         prefix = tag + "-"
+        keep = live_boot_ids | self._active
 
         def leftover(name: str) -> bool:
-            return name.startswith(prefix) and name[len(prefix):] not in live_boot_ids
+            return name.startswith(prefix) and name[len(prefix):] not in keep
 
         removed: list[str] = []
-        for boot_id in [b for b in self._procs if b not in live_boot_ids]:
-            proc = self._procs.pop(boot_id)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            removed.append(f"container supervisor {proc.pid} of boot {boot_id}")
         # Listed before any is killed: killing one ends others (its children, its slirp4netns).
         found = [(pid, name, _command_name(pid)) for pid, name in machine_processes(prefix) if leftover(name)]
         killed = []
