@@ -227,7 +227,7 @@ def test_normal_run_inside_its_own_namespaces(tmp_path: Path, rootfs: Path, uniq
     # Only the container's own tree: none of the host's mounts (/sys/fs/cgroup, /work, ...).
     assert sorted(seen) == sorted(["/", "/opt/bbot/bbot", "/opt/bbot/tftpy", "/dev",
                                    "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom",
-                                   "/dev/tty", "/proc", "/dev/shm"]), seen
+                                   "/dev/tty", "/proc", "/dev/shm", "/dev/pts"]), seen
     links = [name.strip() for name in lines[lines.index("links") + 1:lines.index("routes")]
              if not name.startswith("processes")]
     assert sorted(links) == ["lo", "tap0"]

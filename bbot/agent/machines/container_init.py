@@ -303,7 +303,7 @@ def prepare_root(config: dict[str, Any], root: str) -> None:
         (dev / name).mkdir()
         os.chown(dev / name, uid, uid)
     (dev / "shm").chmod(0o1777)
-    for link, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+    for link, target in (("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                          ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
         (dev / link).symlink_to(target)
     Path(root, "proc").mkdir(exist_ok=True)
@@ -330,6 +330,8 @@ def run_init(config: dict[str, Any], up: Channel, parent: int) -> int:
     # kernel refuses a new proc in a user namespace that could not already see a full one).
     mount("proc", f"{root}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     mount("tmpfs", f"{root}/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    # Pseudo-terminals of the container's own (some test suites need one).
+    mount("devpts", f"{root}/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
     os.chdir(root)
     pivot_root(".", ".")  # the old root now sits on top of the new one: detach it
     umount(".", MNT_DETACH)
