@@ -424,6 +424,24 @@ def test_without_cgroups_rlimits_limit_and_shutdown_still_ends_everything(
     assert leftovers(f"bbot-ct{unique}") == []
 
 
+def test_missing_slirp4netns_is_named_with_its_package(tmp_path: Path, rootfs: Path, unique: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for present in ("nsenter", "ip"):
+        (tools / present).symlink_to(str(shutil.which(present)))
+    monkeypatch.setenv("PATH", str(tools))  # a host where slirp4netns is not installed
+    machine = ContainerMachine()
+    assert "MISSING on this host: slirp4netns (apt-get install slirp4netns)" in machine.describe()
+    spec = make_spec(tmp_path, f"bbot-ct{unique}", {"rootfs": str(rootfs)})
+    with pytest.raises(RuntimeError, match="container machines need slirp4netns on the agent's host: "
+                                           "apt-get install slirp4netns"):
+        machine.create_snapshot(spec)
+    machine.shutdown(spec, 1.0)
+    machine.discard(spec)
+    assert leftovers(f"bbot-ct{unique}") == []
+
+
 def test_missing_rootfs_fails_the_snapshot_with_its_fix(tmp_path: Path, unique: str) -> None:
     machine = ContainerMachine()
     spec = make_spec(tmp_path, f"bbot-ct{unique}", {"rootfs": str(tmp_path / "gone")})
