@@ -86,6 +86,12 @@ MACHINE_PACKAGES=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-daemo
 # ensure_libvirtd: libvirt's daemons, started by hand (no systemd here), answering on
 # qemu:///system.
 ensure_libvirtd() {
+  # Without udev, /dev/kvm stays root-only; Debian's udev rule makes it group kvm, mode 0660.
+  # libvirt checks it as its QEMU user, and without access it takes its cached QEMU
+  # capabilities for stale and probes QEMU again at every domain start (35 s here, each boot).
+  if [ -c /dev/kvm ] && getent group kvm >/dev/null && [ "$(stat -c %G:%a /dev/kvm)" != "kvm:660" ]; then
+    chgrp kvm /dev/kvm && chmod 660 /dev/kvm
+  fi
   virsh -c qemu:///system version >/dev/null 2>&1 && return 0
   say "starting libvirtd"
   pgrep -x virtlogd >/dev/null || virtlogd -d

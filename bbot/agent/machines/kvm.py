@@ -27,6 +27,7 @@ The choice is logged at start and shown in ``describe()``.
 from __future__ import annotations
 
 import contextlib
+import grp
 import logging
 import os
 import shutil
@@ -226,6 +227,21 @@ def probe_kvm(kernel: Path, initrd: Path | None, qemu: str = "qemu-system-x86_64
                 proc.stderr.close()
 
 
+def _warn_if_kvm_device_is_private() -> None:
+    """libvirt checks /dev/kvm as its QEMU user; without access it takes its cached QEMU
+    capabilities for stale and probes QEMU again at every domain start (35 s per boot on
+    our hosts). udev normally makes the device group kvm, mode 0660; say so when it did not."""
+    try:
+        st = os.stat("/dev/kvm")
+        kvm_gid = grp.getgrnam("kvm").gr_gid
+    except (OSError, KeyError):
+        return
+    if st.st_gid != kvm_gid or st.st_mode & 0o060 != 0o060:
+        log.warning("kvm: /dev/kvm is not group kvm with mode 0660, so libvirt probes QEMU again at "
+                    "every boot (tens of seconds each); fix: chgrp kvm /dev/kvm && chmod 660 /dev/kvm "
+                    "(what Debian's udev rule does)")
+
+
 class KvmMachine(MachineBackend):
     type_name = "kvm"
     guest_host_address = GUEST_HOST_ADDRESS
@@ -241,6 +257,7 @@ class KvmMachine(MachineBackend):
     # -- set-up ---------------------------------------------------------------------------------
 
     def attach(self, machines: list[MachineConfig]) -> None:
+        _warn_if_kvm_device_is_private()
         for machine in machines:
             self._uris.add(self._uri(machine))
             if self._uri(machine).startswith("test:"):
@@ -497,6 +514,7 @@ def domain_xml(spec: BootSpec, image: MachineImage, dtype: str) -> str:
     <serial type='file'>
       <source path={quoteattr(str(spec.work_dir / CONSOLE_LOG))}/><target port='0'/>
     </serial>
+    <controller type='usb' model='none'/>
     <memballoon model='none'/>
   </devices>
   {seclabel}
