@@ -204,7 +204,8 @@ def test_normal_run_inside_its_own_namespaces(tmp_path: Path, rootfs: Path, uniq
         "echo uid=$(id -u) gid=$(id -g); cat /proc/self/uid_map; echo host=$(hostname); "
         "echo pid=$$; echo work=$(pwd) tftp=$BBOT_TFTP dir=$BBOT_DIR; "
         "echo built > /build/out && echo tmp > /tmp/out && touch /root/.history && echo wrote; "
-        "rm -f /etc/hostname || echo rootfs-readonly; "
+        "echo owner=$(stat -c %u:%g /etc/hostname /usr/bin/python3); "
+        "echo changed > /etc/hostname && echo etc-writable; "
         "python3 -c 'import bbot, tftpy; print(\"worker code at\", bbot.__file__)'; "
         "echo mounts; cut -d' ' -f2 /proc/mounts; echo links; tail -n +3 /proc/net/dev | cut -d: -f1; "
         "echo processes $(ls -d /proc/[0-9]* | wc -l); "
@@ -221,7 +222,10 @@ def test_normal_run_inside_its_own_namespaces(tmp_path: Path, rootfs: Path, uniq
     assert "pid=2" in lines  # init is 1: a pid namespace of its own
     assert f"work=/build tftp={GUEST_HOST_ADDRESS}:4242 dir={spec.boot_id}" in lines
     assert "wrote" in lines
-    assert "rootfs-readonly" in lines  # the rootfs belongs to host root, who is nobody inside
+    # The rootfs is idmapped: host root's files are the container root's, writable (in the
+    # overlay's upper layer) as on any machine.
+    assert "owner=0:0 0:0" in lines
+    assert "etc-writable" in lines
     assert "worker code at /opt/bbot/bbot/__init__.py" in lines
     seen = lines[lines.index("mounts") + 1:lines.index("links")]
     # Only the container's own tree: none of the host's mounts (/sys/fs/cgroup, /work, ...).

@@ -21,12 +21,14 @@ import contextlib
 import errno
 import importlib.util
 import json
+import logging
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -36,7 +38,9 @@ from typing import Any
 import yaml
 
 from bbot.agent.machines.base import GUEST_HOST_ADDRESS, BootSpec, Exit, MachineBackend, Problem
-from bbot.agent.machines.container_init import MNT_DETACH, MS_NODEV, mount, umount
+from bbot.agent.machines.container_init import MNT_DETACH, MS_NODEV, idmapped_bind, mount, umount
+
+log = logging.getLogger(__name__)
 
 CONSOLE_LOG = "console.log"
 STATE_FILE = "state.json"
@@ -380,6 +384,28 @@ def _unmount(point: Path) -> bool:
             raise
 
 
+def mapping_user_namespace() -> int:
+    """An fd of a user namespace mapping 0..UID_COUNT-1 onto the host's UID_BASE..: what
+    idmaps the rootfs for every boot (the same mapping as the containers')."""
+    holder = subprocess.Popen(
+        [sys.executable, "-I", "-c",
+         "import ctypes, sys\n"
+         "if ctypes.CDLL(None, use_errno=True).unshare(0x10000000) != 0:\n    sys.exit(1)\n"
+         "print('ready', flush=True)\nsys.stdin.read()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdin is not None and holder.stdout is not None
+    try:
+        if holder.stdout.readline().strip() != "ready":
+            raise OSError(errno.EPERM, "cannot make a user namespace")
+        for kind in ("uid", "gid"):
+            Path(f"/proc/{holder.pid}/{kind}_map").write_text(f"0 {UID_BASE} {UID_COUNT}\n")
+        return os.open(f"/proc/{holder.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        holder.stdin.close()
+        holder.stdout.close()
+        holder.wait()
+
+
 # -- the backend ---------------------------------------------------------------------------------
 
 class ContainerMachine(MachineBackend):
@@ -397,6 +423,12 @@ class ContainerMachine(MachineBackend):
         # Without cgroups (a host without them, or a test of that case) rlimits limit memory
         # and processes, and the death of the container's init ends everything in it.
         self._layout: CgroupLayout | None = None if use_cgroups else CgroupLayout()
+        # The rootfs is seen through an idmapped mount, so that the container's root owns it as
+        # host root does outside, where the kernel and the rootfs' file system allow; else the
+        # container sees it owned by nobody (readable; /build, /root and /tmp stay writable).
+        self._userns_fd: int | None = None
+        self._idmap_failed: dict[Path, str] = {}  # rootfs -> why it cannot be idmapped
+        self._lock = threading.Lock()
 
     @property
     def layout(self) -> CgroupLayout:
@@ -406,8 +438,10 @@ class ContainerMachine(MachineBackend):
 
     def describe(self) -> str:
         missing = [tool for tool in (SLIRP4NETNS_PACKAGE, "nsenter", "ip") if shutil.which(tool) is None]
-        text = ("container machines: user+pid+net+mount+uts+ipc namespaces, overlayfs, slirp4netns, "
-                f"limits: {self.layout.describe()}")
+        text = ("container machines: user+pid+net+mount+uts+ipc namespaces, overlayfs on an idmapped rootfs, "
+                f"slirp4netns, limits: {self.layout.describe()}")
+        for rootfs, why in self._idmap_failed.items():
+            text += f"; {rootfs} not idmapped ({why}): its files are nobody's inside"
         if missing:
             text += f"; MISSING on this host: {', '.join(missing)} (apt-get install {_packages_of(missing)})"
         return text
@@ -433,10 +467,32 @@ class ContainerMachine(MachineBackend):
         settings = self._settings(spec)
         _tools()  # fail before anything is made when the host lacks them
         directory = self._dir(spec)
-        for name in ("upper", "work", "root"):
+        for name in ("upper", "work", "root", "lower"):
             (directory / name).mkdir(parents=True)
-        mount(spec.resource_name, str(directory / "root"), "overlay", MS_NODEV,
-              f"lowerdir={settings.rootfs},upperdir={directory / 'upper'},workdir={directory / 'work'}")
+        lower = self._idmapped(settings.rootfs, directory / "lower")
+        try:
+            mount(spec.resource_name, str(directory / "root"), "overlay", MS_NODEV,
+                  f"lowerdir={lower},upperdir={directory / 'upper'},workdir={directory / 'work'}")
+        finally:
+            # The overlay holds its layers itself: the idmapped bind need not stay in the tree.
+            if lower != settings.rootfs:
+                _unmount(lower)
+
+    def _idmapped(self, rootfs: Path, target: Path) -> Path:
+        """``rootfs`` idmapped at ``target`` (returned), or ``rootfs`` itself where it cannot be."""
+        with self._lock:
+            if rootfs in self._idmap_failed:
+                return rootfs
+            try:
+                if self._userns_fd is None:
+                    self._userns_fd = mapping_user_namespace()
+                idmapped_bind(str(rootfs), str(target), self._userns_fd)
+                return target
+            except OSError as e:
+                self._idmap_failed[rootfs] = str(e)
+                log.warning("container machines: %s cannot be idmapped (%s); the containers see it owned "
+                            "by nobody", rootfs, e)
+                return rootfs
 
     def boot(self, spec: BootSpec) -> None:
         settings = self._settings(spec)
@@ -575,8 +631,13 @@ class ContainerMachine(MachineBackend):
                 remove_cgroups([directory])
                 removed.append(f"cgroup {directory}")
         for entry in mounts():
-            if entry.fstype == "overlay" and leftover(entry.source) and _unmount(Path(entry.mount_point)):
-                removed.append(f"overlay {entry.source} at {entry.mount_point}")
+            point = Path(entry.mount_point)
+            if entry.fstype == "overlay" and leftover(entry.source) and _unmount(point):
+                removed.append(f"overlay {entry.source} at {point}")
+            elif point.name == "lower" and leftover(point.parent.name) and _unmount(point):
+                # An idmapped rootfs bind the agent died before unmounting (made and
+                # unmounted within create_snapshot).
+                removed.append(f"idmapped rootfs at {point}")
         return removed
 
     def _cgroups_named(self, prefix: str) -> list[Path]:

@@ -48,6 +48,15 @@ MS_REC = 16384
 MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
 PR_SET_PDEATHSIG = 1
+# The new mount API (Linux 5.12+ for idmapped mounts; the same numbers on every architecture).
+SYS_OPEN_TREE = 428
+SYS_MOVE_MOUNT = 429
+SYS_MOUNT_SETATTR = 442
+AT_FDCWD = -100
+AT_EMPTY_PATH = 0x1000
+OPEN_TREE_CLONE = 1
+MOUNT_ATTR_IDMAP = 0x00100000
+MOVE_MOUNT_F_EMPTY_PATH = 4
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
 
 # The devices a build may use; bound from the host onto a fresh tmpfs at /dev.
@@ -82,6 +91,28 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,
 
 def umount(target: str, flags: int = 0) -> None:
     _check(_libc.umount2(target.encode(), flags), f"umount {target}")
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+def idmapped_bind(source: str, target: str, userns_fd: int) -> None:
+    """Bind ``source`` at ``target`` with its owners shifted by the user namespace's mapping
+    (host root's files show as owned by that namespace's root)."""
+    tree = _libc.syscall(ctypes.c_long(SYS_OPEN_TREE), ctypes.c_int(AT_FDCWD), source.encode(),
+                         ctypes.c_uint(OPEN_TREE_CLONE | os.O_CLOEXEC))
+    _check(tree, f"open_tree {source}")
+    try:
+        attr = _MountAttr(MOUNT_ATTR_IDMAP, 0, 0, userns_fd)
+        _check(_libc.syscall(ctypes.c_long(SYS_MOUNT_SETATTR), ctypes.c_int(tree), b"",
+                             ctypes.c_uint(AT_EMPTY_PATH), ctypes.byref(attr),
+                             ctypes.c_size_t(ctypes.sizeof(attr))), f"idmapping {source}")
+        _check(_libc.syscall(ctypes.c_long(SYS_MOVE_MOUNT), ctypes.c_int(tree), b"", ctypes.c_int(AT_FDCWD),
+                             target.encode(), ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH)), f"move_mount {target}")
+    finally:
+        os.close(tree)
 
 
 def pivot_root(new_root: str, put_old: str) -> None:
