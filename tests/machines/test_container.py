@@ -245,6 +245,19 @@ def test_normal_run_inside_its_own_namespaces(tmp_path: Path, rootfs: Path, uniq
     assert leftovers(tag) == []
 
 
+def test_without_idmapping_the_rootfs_is_nobodys_but_build_dirs_are_writable(
+        tmp_path: Path, rootfs: Path, unique: str) -> None:
+    machine = ContainerMachine(sh("echo owner=$(stat -c %u /etc/hostname); "
+                                  "echo x > /etc/hostname || echo etc-refused; "
+                                  "echo x > /build/a && echo x > /tmp/a && echo x > /root/a && echo build-writable"),
+                               idmap_rootfs=False)
+    ended, console = run_command(machine, make_spec(tmp_path, f"bbot-ct{unique}", {"rootfs": str(rootfs)}))
+    assert ended.code == 0, console
+    assert "owner=65534" in console  # host root, unmapped in the container: the overflow uid
+    assert "etc-refused" in console
+    assert "build-writable" in console
+
+
 def test_worker_runs_as_an_unprivileged_host_uid_and_reaches_only_host_loopback(
         tmp_path: Path, rootfs: Path, unique: str) -> None:
     tag = f"bbot-ct{unique}"

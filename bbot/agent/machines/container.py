@@ -412,7 +412,8 @@ class ContainerMachine(MachineBackend):
     type_name = "container"
     guest_host_address = GUEST_HOST_ADDRESS
 
-    def __init__(self, command: list[str] | None = None, use_cgroups: bool = True) -> None:
+    def __init__(self, command: list[str] | None = None, use_cgroups: bool = True,
+                 idmap_rootfs: bool = True) -> None:
         # The worker command run inside (tests replace it); None: bbot's worker. It sees
         # BBOT_TFTP, BBOT_DIR and BBOT_WORK in its environment either way.
         self._command = command
@@ -428,6 +429,7 @@ class ContainerMachine(MachineBackend):
         # container sees it owned by nobody (readable; /build, /root and /tmp stay writable).
         self._userns_fd: int | None = None
         self._idmap_failed: dict[Path, str] = {}  # rootfs -> why it cannot be idmapped
+        self._idmap_rootfs = idmap_rootfs  # False: as on a kernel without idmapped mounts
         self._lock = threading.Lock()
 
     @property
@@ -481,7 +483,7 @@ class ContainerMachine(MachineBackend):
     def _idmapped(self, rootfs: Path, target: Path) -> Path:
         """``rootfs`` idmapped at ``target`` (returned), or ``rootfs`` itself where it cannot be."""
         with self._lock:
-            if rootfs in self._idmap_failed:
+            if rootfs in self._idmap_failed or not self._idmap_rootfs:
                 return rootfs
             try:
                 if self._userns_fd is None:
