@@ -1,9 +1,10 @@
 """``container`` machines: the worker in fresh Linux namespaces on an overlay of an image's rootfs.
 
-Per boot: an overlayfs whose lower layer is the image's root file system (never written)
-and whose upper and work directories lie in the boot's work directory; new user, mount,
-pid, network, UTS and IPC namespaces, the container's root mapped onto an unprivileged host
-uid range; its network from slirp4netns (the host's loopback at 10.0.2.2, nothing else
+Per boot: an overlayfs whose lower layer is the image's root file system (never written),
+seen through an idmapped mount so that the container's root owns it, and whose upper and
+work directories lie in the boot's work directory; new user, mount, pid, network, UTS and
+IPC namespaces, the container's root mapped onto an unprivileged host uid range (100000
+and up: never host root); its network from slirp4netns (the host's loopback at 10.0.2.2, nothing else
 unless ``internet``); its limits from cgroups (v2, or v1 controllers where a hybrid host
 has them there; rlimits when neither). The worker code (bbot and the packages it imports)
 is bound read-only at /opt/bbot, so images never need rebuilding when bbot changes.
@@ -232,14 +233,12 @@ def discover_cgroups() -> CgroupLayout:
     for entry in mounts():
         point = Path(entry.mount_point)
         if entry.fstype == "cgroup2" and v2_parent is None and "" in own and os.access(point, os.W_OK):
-            candidates = [point / own[""].lstrip("/"), point]
-            best: tuple[Path, set[str]] | None = None
-            for candidate in candidates:
-                enabled = _enable_controllers(candidate)
-                if best is None or len(enabled) > len(best[1]):
-                    best = (candidate, enabled)
-            assert best is not None
-            v2_parent, v2_controllers = best
+            v2_parent = point / own[""].lstrip("/")
+            v2_controllers = _enable_controllers(v2_parent)
+            if v2_parent != point and v2_controllers != _available_controllers(point):
+                at_root = _enable_controllers(point)
+                if len(at_root) > len(v2_controllers):
+                    v2_parent, v2_controllers = point, at_root
             roots.append(point)
         elif entry.fstype == "cgroup":
             for controller in entry.super_options.split(","):
@@ -251,6 +250,13 @@ def discover_cgroups() -> CgroupLayout:
     if v2_parent is not None and not v2_parent.is_dir():
         v2_parent, v2_controllers = None, set()
     return CgroupLayout(v2_parent, frozenset(v2_controllers), v1_parents, tuple(dict.fromkeys(roots)))
+
+
+def _available_controllers(parent: Path) -> set[str]:
+    try:
+        return set((parent / "cgroup.controllers").read_text().split()) & set(CGROUP_CONTROLLERS)
+    except OSError:
+        return set()
 
 
 def _enable_controllers(parent: Path) -> set[str]:
