@@ -459,7 +459,7 @@ def parse_config(document: Any, *, source: str = "<config>", data_dir: Path | No
         else:
             from bbot.agent.machines import check_options
 
-            check_options(mtype, where, options, r.problem, base)
+            options = check_options(mtype, where, options, r.problem, base)
         machines.append(MachineConfig(
             id=r.string(m, "id", where, required=True) or "",
             name=r.string(m, "name", where, required=True) or "",

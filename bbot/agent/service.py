@@ -126,6 +126,9 @@ class Agent:
         self._pending: dict[str, threading.Event] = {}  # boot id -> its result upload arrived
         self._fetched: dict[str, threading.Event] = {}  # boot id -> its worker fetched the task
         self.tag = agent_tag(config.name)  # names everything this agent makes on the host
+        # Held while reconciling, and by a boot before it makes anything: a boot claimed after
+        # reconcile listed the live boots waits, so its machine is never taken for a leftover.
+        self._reconcile_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
         self._on_boot_done = on_boot_done
@@ -149,6 +152,7 @@ class Agent:
         for leftover in (self.tftp_root, self.boots_root):
             shutil.rmtree(leftover, ignore_errors=True)
             leftover.mkdir(parents=True)
+        log.info("agent %s: what it makes on this host is named %s-*", self.config.name, self.tag)
         for backend in self._used_backends():
             log.info("agent %s: %s", self.config.name, backend.describe())
         self.tftp = TftpService(
@@ -174,6 +178,10 @@ class Agent:
     def reconcile(self) -> list[str]:
         """Remove what this agent made for boots that are not running (domains, containers,
         overlays, boot folders): leftovers of a crash. Touches only what carries our tag."""
+        with self._reconcile_lock:
+            return self._reconcile()
+
+    def _reconcile(self) -> list[str]:
         removed: list[str] = []
         live = self.live_boot_ids()
         for backend in self._used_backends():
@@ -437,6 +445,8 @@ class Agent:
         fetched = self._fetched[life.boot_id] = threading.Event()
         started = time.monotonic()
         result: Result | None = None
+        with self._reconcile_lock:
+            pass  # see _reconcile_lock
         try:
             boot_dir.mkdir()
             (boot_dir / TASK_MANIFEST).write_text(self._task_for(backend, task).to_text(), encoding="utf-8")

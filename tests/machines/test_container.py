@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from bbot.agent.machines.base import GUEST_HOST_ADDRESS, BootSpec, Exit
+from bbot.agent.machines.base import GUEST_HOST_ADDRESS, BootSpec, Exit, agent_tag
 from bbot.agent.machines.container import (
     MACHINE_ENV,
     UID_BASE,
@@ -63,7 +63,7 @@ upload(host, int(port), boot + '/result.manifest', result.to_text().encode())
 def sweep(unique: str) -> Iterator[None]:
     """A failing test leaves nothing behind either (tests check for leftovers themselves first)."""
     yield
-    for tag in (f"bbot-ct{unique}", f"bbot-leak{unique}"):
+    for tag in (f"bbot-ct{unique}", agent_tag(f"leak{unique}")):
         ContainerMachine().reconcile(tag, set())
 
 
@@ -192,7 +192,9 @@ def test_good_options_parse_relative_to_the_configuration(tmp_path: Path, image:
         {"id": "b", "name": "n", "type": "container", "rootfs": str(image / "rootfs")},
     ]}}, data_dir=tmp_path, base=tmp_path)
     assert [m.type for m in config.agent.machines] == ["container", "container"]
-    assert config.agent.machines[0].options == {"image": "images", "memory": 512, "cpus": 1.5, "pids": 100}
+    # Paths are made absolute against the configuration's folder, whatever the agent's cwd.
+    assert config.agent.machines[0].options == {"image": str(tmp_path / "images"), "memory": 512, "cpus": 1.5,
+                                                "pids": 100}
 
 
 # -- one machine's lifecycle ---------------------------------------------------------------------
@@ -631,7 +633,7 @@ def drive(data_dir: str, name: str, image: str, tasks: str, seed: str) -> None:
 @pytest.mark.slow
 def test_no_leak_over_50_boots_with_random_kills(tmp_path: Path, image: Path, unique: str) -> None:
     name = f"leak{unique}"
-    tag = f"bbot-{name}"
+    tag = agent_tag(name)
     rng = random.Random(int(unique, 16))
     boots: set[str] = set()
     done: set[str] = set()

@@ -31,8 +31,14 @@ def backend_for(machine_type: str) -> Any:
 
 
 def check_options(machine_type: str, where: str, options: Mapping[str, Any], problem: Problem,
-                  base: Path) -> None:
-    """Check a machine's type-specific options (``base``: the config file's folder)."""
+                  base: Path) -> dict[str, Any]:
+    """Check a machine's type-specific options (``base``: the config file's folder); returns
+    them with their paths (the options a module names in PATH_OPTIONS) made absolute."""
     assert machine_type in MACHINE_TYPES
     module = importlib.import_module(f"bbot.agent.machines.{machine_type}")
     module.check_options(where, options, problem, base)
+    resolved = dict(options)
+    for key in getattr(module, "PATH_OPTIONS", ()):
+        if isinstance(resolved.get(key), str):
+            resolved[key] = str((base / resolved[key]).absolute())
+    return resolved

@@ -14,7 +14,7 @@ touches anything else.
 from __future__ import annotations
 
 import abc
-import re
+import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +38,12 @@ Problem = Callable[[str, str], None]
 
 
 def agent_tag(agent_name: str) -> str:
-    """The prefix of every name this agent gives to what it creates on the host."""
-    return "bbot-" + re.sub(r"[^A-Za-z0-9_.-]", "_", agent_name)[:40]
+    """The prefix of every name this agent gives to what it creates on the host.
+
+    Of fixed length, so that one agent's prefix is never the start of another's names
+    (agent "a" must not take agent "a-b"'s machines for its own); the agent's name itself
+    is in each thing's metadata where the thing has some (a domain's description)."""
+    return "bbot-" + hashlib.sha256(agent_name.encode()).hexdigest()[:10]
 
 
 @dataclass(frozen=True)

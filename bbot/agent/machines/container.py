@@ -48,6 +48,7 @@ STATE_FILE = "state.json"
 # Every process of a boot carries this in its environment, with the boot's resource name.
 MACHINE_ENV = "BBOT_MACHINE"
 OPTION_KEYS = ("image", "rootfs", "memory", "cpus", "pids", "internet")
+PATH_OPTIONS = ("image", "rootfs")  # relative to the configuration file's folder
 MACHINE_KEYS = ("id", "name", "summary", "type")
 DEFAULT_MEMORY_MIB = 2048
 DEFAULT_CPUS = 1

@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 IMAGE_MANIFEST = "machine.yaml"
 IMAGE_KEYS = ("disk", "kernel", "initrd", "cmdline", "memory", "cpus", "rootfs")
 OPTIONS = ("image", "memory", "cpus", "accel", "uri")
+PATH_OPTIONS = ("image",)  # relative to the configuration file's folder
 ACCELS = ("auto", "kvm", "tcg")
 DEFAULT_URI = "qemu:///system"
 OVERLAY = "overlay.qcow2"
