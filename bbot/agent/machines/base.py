@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +130,17 @@ class MachineBackend(abc.ABC):
     @abc.abstractmethod
     def discard(self, spec: BootSpec) -> None:
         """Throw the snapshot away. Idempotent; must not fail when parts are already gone."""
+
+
+def file_tail(path: Path, max_bytes: int) -> str:
+    """The last ``max_bytes`` of a file (a console log), as text; "" when there is none."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - max_bytes))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
 
 
 def check_no_options(where: str, options: Mapping[str, Any], problem: Problem) -> None:

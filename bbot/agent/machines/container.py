@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from bbot.agent.machines.base import GUEST_HOST_ADDRESS, BootSpec, Exit, MachineBackend, Problem
+from bbot.agent.machines.base import GUEST_HOST_ADDRESS, BootSpec, Exit, MachineBackend, Problem, file_tail
 from bbot.agent.machines.container_init import MNT_DETACH, MS_NODEV, idmapped_bind, mount, umount
 
 log = logging.getLogger(__name__)
@@ -576,13 +576,7 @@ class ContainerMachine(MachineBackend):
         return Exit(code, f"container supervisor exited with code {code}")
 
     def console_tail(self, spec: BootSpec, max_bytes: int = 8192) -> str:
-        try:
-            with open(spec.work_dir / CONSOLE_LOG, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - max_bytes))
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
+        return file_tail(spec.work_dir / CONSOLE_LOG, max_bytes)
 
     def shutdown(self, spec: BootSpec, grace: float) -> None:
         proc = self._procs.pop(spec.boot_id, None)

@@ -51,6 +51,7 @@ from bbot.agent.machines.base import (
     Exit,
     MachineBackend,
     Problem,
+    file_tail,
 )
 from bbot.agent.machines.workercode import initrd_with_worker
 from bbot.config import MachineConfig
@@ -375,13 +376,7 @@ class KvmMachine(MachineBackend):
         return Exit(None, _describe_stop(libvirt, event))
 
     def console_tail(self, spec: BootSpec, max_bytes: int = 8192) -> str:
-        try:
-            with open(spec.work_dir / CONSOLE_LOG, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - max_bytes))
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
+        return file_tail(spec.work_dir / CONSOLE_LOG, max_bytes)
 
     def shutdown(self, spec: BootSpec, grace: float) -> None:
         libvirt = _libvirt()

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bbot.agent.machines.base import BootSpec, Exit, MachineBackend, Problem, check_no_options
+from bbot.agent.machines.base import BootSpec, Exit, MachineBackend, Problem, check_no_options, file_tail
 
 CONSOLE_LOG = "console.log"
 
@@ -73,14 +73,7 @@ class ProcessMachine(MachineBackend):
         return Exit(code, f"worker exited with code {code}")
 
     def console_tail(self, spec: BootSpec, max_bytes: int = 8192) -> str:
-        path = spec.work_dir / CONSOLE_LOG
-        try:
-            with open(path, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - max_bytes))
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
+        return file_tail(spec.work_dir / CONSOLE_LOG, max_bytes)
 
     def shutdown(self, spec: BootSpec, grace: float) -> None:
         proc = self._procs.pop(spec.boot_id, None)
