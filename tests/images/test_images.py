@@ -7,6 +7,8 @@ overlay per boot and QEMU's user-mode network, whose 10.0.2.2 is this host's loo
 from __future__ import annotations
 
 import gzip
+import importlib.machinery
+import importlib.util
 import io
 import os
 import shutil
@@ -25,7 +27,7 @@ from bbot.manifest import Result, Task
 from bbot.manifest.status import Status
 from bbot.tftp import RESULT_MANIFEST, TASK_MANIFEST, TftpService
 from tests.conftest import SAMPLE, git_repo
-from tests.images.image import REPO, ensure_image, run_build
+from tests.images.image import BUILD_COMMAND, REPO, ensure_image, run_build
 
 sys.path.insert(0, str(REPO / "ops" / "images"))
 import workercpio  # (a module beside a script, not in a package)
@@ -137,6 +139,25 @@ def test_worker_cpio_is_reproducible_and_holds_bbot_and_tftpy(tmp_path: Path) ->
     assert not any(name.endswith(".pyc") and "/__pycache__/" not in name for name in entries)
 
 
+def load_build_script() -> object:
+    loader = importlib.machinery.SourceFileLoader("ops_images_build", str(BUILD_COMMAND))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def test_cache_key_follows_the_inputs() -> None:
+    build = load_build_script()
+    key = build.image_key("http://deb.debian.org/debian")  # type: ignore[attr-defined]
+    assert key == build.image_key("http://deb.debian.org/debian")  # type: ignore[attr-defined]
+    assert key != build.image_key("http://mirror.example/debian")  # type: ignore[attr-defined]
+    inputs = {path.name for path in build.input_files()}  # type: ignore[attr-defined]
+    assert {"build", "packages", "bbot-init", "initramfs-init", "workercpio.py"} <= inputs
+    assert "README.md" not in inputs
+
+
 @dataclass
 class Boot:
     console: str
@@ -152,12 +173,15 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 
 
 def boot(image: Path, machine: dict[str, object], work: Path, extra_cmdline: str = "",
-         qemu_args: tuple[str, ...] = (), deadline: float = 120.0) -> Boot:
+         qemu_args: tuple[str, ...] = (), deadline: float = 120.0, blank_disk: bool = False) -> Boot:
     """Boot the image once with the worker code appended; wait until QEMU exits by itself."""
     work.mkdir(parents=True, exist_ok=True)
     overlay = work / "overlay.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
-                    str(image / str(machine["disk"])), str(overlay)], check=True)
+    if blank_disk:
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(overlay), "64M"], check=True)
+    else:
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
+                        str(image / str(machine["disk"])), str(overlay)], check=True)
     initrd = work / "initrd.img"
     workercpio.write_boot_initrd(image / str(machine["initrd"]), initrd)
     console_log = work / "console.log"
@@ -216,6 +240,13 @@ def test_boot_without_the_keys_says_what_is_missing(image: Path, machine: dict[s
     result = boot(image, machine, tmp_path)
     assert f"{ERROR_LINE} no bbot.tftp=HOST:PORT" in result.console, result.console
     assert START_LINE not in result.console
+
+
+def test_initramfs_reports_a_root_disk_it_cannot_mount_and_powers_off(
+        image: Path, machine: dict[str, object], tmp_path: Path) -> None:
+    result = boot(image, machine, tmp_path, blank_disk=True)
+    assert "bbot-initramfs: error: cannot mount /dev/vda (ext4) on /newroot" in result.console, result.console
+    assert "bbot-init:" not in result.console
 
 
 def test_boot_takes_the_keys_from_smbios_oem_strings(image: Path, machine: dict[str, object],
