@@ -217,7 +217,7 @@ def bare_qemu_boot(image: Path, tmp: Path, tftp: TftpService, boot: str) -> tupl
     )
     snapshot = time.monotonic() - start
     (work / "initrd.img").write_bytes(
-        initrd_with_worker(img.initrd.absolute(), img.initrd.stat().st_mtime_ns)
+        initrd_with_worker(img.initrd.absolute())
     )
     cmdline = f"{img.cmdline} {CMDLINE_TFTP}={GUEST_HOST_ADDRESS}:{tftp.port} {CMDLINE_DIR}={boot}"
     argv = [

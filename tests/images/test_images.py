@@ -30,7 +30,8 @@ from tests.conftest import SAMPLE, git_repo
 from tests.images.image import BUILD_COMMAND, REPO, ensure_image, run_build
 
 sys.path.insert(0, str(REPO / "ops" / "images"))
-import workercpio  # (a module beside a script, not in a package)
+from bbot.agent.machines.cpio import write_boot_initrd
+from bbot.agent.machines.workercode import package_dirs, worker_archive
 
 START_LINE = "bbot-init: starting worker"
 EXIT_LINE = "bbot-init: worker exited"
@@ -128,9 +129,7 @@ def test_initrd_holds_busybox_init_and_the_virtio_and_ext4_modules(image: Path) 
 
 
 def test_worker_cpio_is_reproducible_and_holds_bbot_and_tftpy(tmp_path: Path) -> None:
-    first, second = io.BytesIO(), io.BytesIO()
-    workercpio.write_worker_cpio(first)
-    workercpio.write_worker_cpio(second)
+    first, second = io.BytesIO(worker_archive()), io.BytesIO(worker_archive())
     assert first.getvalue() == second.getvalue()
     assert len(first.getvalue()) % 512 == 0
     entries = read_cpio(first.getvalue())
@@ -154,7 +153,7 @@ def test_cache_key_follows_the_inputs() -> None:
     assert key == build.image_key("http://deb.debian.org/debian")  # type: ignore[attr-defined]
     assert key != build.image_key("http://mirror.example/debian")  # type: ignore[attr-defined]
     inputs = {path.name for path in build.input_files()}  # type: ignore[attr-defined]
-    assert {"build", "packages", "bbot-init", "initramfs-init", "workercpio.py"} <= inputs
+    assert {"build", "packages", "bbot-init", "initramfs-init", "cpio.py"} <= inputs
     assert "README.md" not in inputs
 
 
@@ -183,7 +182,7 @@ def boot(image: Path, machine: dict[str, object], work: Path, extra_cmdline: str
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
                         str(image / str(machine["disk"])), str(overlay)], check=True)
     initrd = work / "initrd.img"
-    workercpio.write_boot_initrd(image / str(machine["initrd"]), initrd)
+    write_boot_initrd(image / str(machine["initrd"]), initrd, package_dirs())
     console_log = work / "console.log"
     command = [
         "qemu-system-x86_64", "-accel", "tcg", "-m", str(machine["memory"]), "-smp", str(machine["cpus"]),

@@ -330,7 +330,7 @@ class KvmMachine(MachineBackend):
                        check=True, capture_output=True, stdin=subprocess.DEVNULL)
         if image.initrd is not None:
             (spec.work_dir / INITRD).write_bytes(
-                initrd_with_worker(image.initrd.absolute(), image.initrd.stat().st_mtime_ns))
+                initrd_with_worker(image.initrd.absolute()))
 
     def boot(self, spec: BootSpec) -> None:
         assert spec.machine is not None

@@ -1,4 +1,4 @@
-"""newc cpio archives for bbot machine images: the image's initramfs and the worker code appended to it.
+"""newc cpio archives for bbot machines: an image's initramfs and the worker code appended to it.
 
 Linux unpacks every cpio archive concatenated in an initramfs, so an agent boots a machine with
 ``initrd.img`` of the image followed by a small archive that puts bbot's Python code under
@@ -6,13 +6,13 @@ Linux unpacks every cpio archive concatenated in an initramfs, so an agent boots
 starts the worker. The image's code then never has to be rebuilt when bbot changes.
 
 Archives are reproducible: sorted entries, owner root, a fixed mtime, inode numbers counted from 1.
-Stdlib only (it runs in ``ops/images/build`` on a bare Debian machine too).
+Stdlib only, and imports nothing of bbot: ``ops/images/build`` loads this file by its path on a
+bare Debian machine, where bbot's dependencies need not be installed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import os
 import py_compile
@@ -26,7 +26,6 @@ from typing import BinaryIO
 __all__ = [
     "WORKER_DIR",
     "CpioWriter",
-    "default_package_dirs",
     "write_boot_initrd",
     "write_worker_cpio",
 ]
@@ -127,22 +126,13 @@ def _compile(source: Path) -> bytes:
         return target.read_bytes()
 
 
-def default_package_dirs() -> list[Path]:
-    """bbot's package directory (of this checkout) and tftpy's (of the running Python)."""
-    repo_bbot = Path(__file__).resolve().parents[2] / "bbot"
-    spec = importlib.util.find_spec("tftpy")
-    if spec is None or spec.origin is None:
-        raise RuntimeError("tftpy is not importable here: the worker needs it (pip install tftpy)")
-    return [repo_bbot, Path(spec.origin).parent]
-
-
-def write_worker_cpio(out: BinaryIO, package_dirs: Iterable[Path] | None = None, mtime: int = 0) -> None:
+def write_worker_cpio(out: BinaryIO, package_dirs: Iterable[Path], mtime: int = 0) -> None:
     """An uncompressed newc archive with ``bbot-worker/<package>/...`` for each package directory.
 
     With the same inputs the bytes are the same. Bytecode is included when this Python writes the
     guest's bytecode format (3.11), which saves the guest compiling bbot at every boot.
     """
-    dirs = default_package_dirs() if package_dirs is None else list(package_dirs)
+    dirs = list(package_dirs)
     bytecode = sys.version_info[:2] == GUEST_PYTHON
     writer = CpioWriter(out, mtime)
     writer.directory(WORKER_DIR)
@@ -153,7 +143,7 @@ def write_worker_cpio(out: BinaryIO, package_dirs: Iterable[Path] | None = None,
     writer.close()
 
 
-def write_boot_initrd(image_initrd: Path, out: Path, package_dirs: Iterable[Path] | None = None) -> None:
+def write_boot_initrd(image_initrd: Path, out: Path, package_dirs: Iterable[Path]) -> None:
     """``out`` = the image's initrd.img followed by the worker archive: what one boot's -initrd is.
 
     Written to a temporary name beside ``out`` and renamed, so a reader never sees half of it.
@@ -174,10 +164,3 @@ def write_boot_initrd(image_initrd: Path, out: Path, package_dirs: Iterable[Path
             os.unlink(temporary)
         raise
 
-
-if __name__ == "__main__":
-    # ops/images/workercpio.py OUT: the worker archive of this checkout (for trying an image by hand).
-    if len(sys.argv) != 2:
-        sys.exit("usage: workercpio.py OUT.cpio")
-    with open(sys.argv[1], "wb") as target_file:
-        write_worker_cpio(target_file)
