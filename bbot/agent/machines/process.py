@@ -29,7 +29,7 @@ class ProcessMachine(MachineBackend):
 
     def __init__(self, command: list[str] | None = None) -> None:
         # The worker command; tests replace it to simulate workers that hang or crash.
-        self._command = command or [sys.executable, "-m", "bbot", "worker"]
+        self._command = command or [sys.executable, "-m", "bbot.worker"]  # the worker alone, as in images
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def _root(self, spec: BootSpec) -> Path:
