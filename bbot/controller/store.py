@@ -1694,6 +1694,26 @@ def _safe_url(url: str) -> str:
         return "<unparsable URL>"
 
 
+
+def _enter_wal_mode(cursor: Any) -> None:
+    """``PRAGMA journal_mode=WAL``, waiting for other connections that hold the database.
+
+    Changing the journal mode needs the database to itself, and SQLite answers "database is
+    locked" at once, without its busy handler, when another connection is using it (stores
+    opening together, a migration running): try again until the busy timeout has passed."""
+    import sqlite3
+    import time
+
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
 def _create_engine(url: str) -> Engine:
     try:
         parsed = sa.make_url(url)
@@ -1728,7 +1748,7 @@ def _create_engine(url: str) -> Engine:
         cursor = dbapi_connection.cursor()
         try:
             if not in_memory:
-                cursor.execute("PRAGMA journal_mode=WAL")
+                _enter_wal_mode(cursor)
                 # In WAL mode NORMAL still survives any crash of the process (a commit is in
                 # the log before it returns); only a power loss may undo the last commits,
                 # and then the broker redelivers what their acks covered. FULL would fsync
