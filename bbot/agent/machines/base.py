@@ -16,6 +16,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import os
+import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +131,14 @@ class MachineBackend(abc.ABC):
     @abc.abstractmethod
     def discard(self, spec: BootSpec) -> None:
         """Throw the snapshot away. Idempotent; must not fail when parts are already gone."""
+
+
+def signal_name(number: int) -> str:
+    """SIGKILL for 9: how a process's death is told in results."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def file_tail(path: Path, max_bytes: int) -> str:

@@ -38,7 +38,15 @@ from typing import Any
 
 import yaml
 
-from bbot.agent.machines.base import GUEST_HOST_ADDRESS, BootSpec, Exit, MachineBackend, Problem, file_tail
+from bbot.agent.machines.base import (
+    GUEST_HOST_ADDRESS,
+    BootSpec,
+    Exit,
+    MachineBackend,
+    Problem,
+    file_tail,
+    signal_name,
+)
 from bbot.agent.machines.container_init import MNT_DETACH, MS_NODEV, idmapped_bind, mount, umount
 
 log = logging.getLogger(__name__)
@@ -572,7 +580,7 @@ class ContainerMachine(MachineBackend):
         if isinstance(ended, dict):
             return Exit(ended.get("code"), str(ended.get("description")))
         if code < 0:
-            return Exit(code, f"container supervisor killed by {_signal_name(-code)}")
+            return Exit(code, f"container supervisor killed by {signal_name(-code)}")
         return Exit(code, f"container supervisor exited with code {code}")
 
     def console_tail(self, spec: BootSpec, max_bytes: int = 8192) -> str:
@@ -677,13 +685,6 @@ def _tools() -> dict[str, str]:
 def _packages_of(tools: list[str]) -> str:
     packages = {"slirp4netns": "slirp4netns", "nsenter": "util-linux", "ip": "iproute2"}
     return " ".join(dict.fromkeys(packages[t] for t in tools))
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
 
 
 def _command_name(pid: int) -> str:

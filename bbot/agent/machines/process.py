@@ -19,7 +19,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bbot.agent.machines.base import BootSpec, Exit, MachineBackend, Problem, check_no_options, file_tail
+from bbot.agent.machines.base import (
+    BootSpec,
+    Exit,
+    MachineBackend,
+    Problem,
+    check_no_options,
+    file_tail,
+    signal_name,
+)
 
 CONSOLE_LOG = "console.log"
 
@@ -65,11 +73,7 @@ class ProcessMachine(MachineBackend):
         if code is None:
             return None
         if code < 0:
-            try:
-                name = signal.Signals(-code).name
-            except ValueError:
-                name = f"signal {-code}"
-            return Exit(code, f"worker killed by {name}")
+            return Exit(code, f"worker killed by {signal_name(-code)}")
         return Exit(code, f"worker exited with code {code}")
 
     def console_tail(self, spec: BootSpec, max_bytes: int = 8192) -> str:
