@@ -303,3 +303,35 @@ def test_reconcile_spares_a_live_boot(fake_image: Path, tmp_path: Path, conn: An
         stopper.start()
         stopper.join(30)
     assert our_domains(conn, tag) == []
+
+
+def test_machine_options_override_the_images_memory_and_cpus(fake_image: Path, tmp_path: Path, conn: Any,
+                                                            unique: str) -> None:
+    backend = KvmMachine()
+    spec = BootSpec(f"m-{unique}", tmp_path / "boot", "127.0.0.1", 69,
+                    machine=machine(fake_image, unique, memory=768, cpus=2), tag=agent_tag(f"m-{unique}"))
+    spec.work_dir.mkdir()
+    backend.create_snapshot(spec)
+    backend.boot(spec)
+    try:
+        desc = ET.fromstring(conn.lookupByName(spec.resource_name).XMLDesc())
+        assert desc.findtext("memory") == str(768 * 1024)  # KiB
+        assert desc.findtext("vcpu") == "2"
+    finally:
+        backend.shutdown(spec, 0)
+        backend.discard(spec)
+
+
+def test_the_accelerator_is_chosen_and_reported(tmp_path: Path) -> None:
+    from tests.images.image import ensure_image
+
+    image = str(ensure_image())
+    auto = KvmMachine()
+    auto.attach([MachineConfig("a", "n", "s", type="kvm", options={"image": image})])
+    # Whatever this host can do, the choice comes with its reason: KVM only when a guest
+    # really reached userspace under it, TCG otherwise (here: a nested /dev/kvm that cannot).
+    text = auto.describe()
+    assert re.search(r"kvm machines through libvirt: (kvm \(a KVM guest reached userspace\)|tcg \(.+\))", text), text
+    forced = KvmMachine()
+    forced.attach([MachineConfig("b", "n", "s", type="kvm", options={"image": image, "accel": "tcg"})])
+    assert forced.describe() == "kvm machines through libvirt: tcg (set by the machine's accel option)"

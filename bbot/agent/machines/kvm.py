@@ -251,7 +251,8 @@ class KvmMachine(MachineBackend):
     def __init__(self) -> None:
         self._connections: dict[str, Any] = {}
         self._lock = threading.Lock()
-        self._accel: dict[Path, tuple[str, str]] = {}  # kernel -> (accel, why), for accel: auto
+        self._probes: dict[Path, tuple[str, str]] = {}  # kernel -> (accel, why) of an auto probe
+        self._accel: dict[str, tuple[str, str]] = {}  # machine id -> (accel, why), for describe()
         self._stopped: dict[str, tuple[int, int]] = {}  # domain name -> last lifecycle event
         self._event_arrived = threading.Condition()
         self._uris: set[str] = set()
@@ -277,16 +278,20 @@ class KvmMachine(MachineBackend):
         return str(machine.options.get("uri", DEFAULT_URI))
 
     def _choose_accel(self, machine: MachineConfig, image: MachineImage) -> tuple[str, str]:
+        """(accelerator, why) for a machine; probed once per kernel, remembered per machine."""
         wanted = str(machine.options.get("accel", "auto"))
-        if wanted != "auto":
-            return wanted, "set by the machine's accel option"
-        if image.kernel is None:
-            return "tcg", "firmware boot: KVM is not probed, set accel: kvm to use it"
         with self._lock:
-            if image.kernel not in self._accel:
-                works, why = probe_kvm(image.kernel, image.initrd)
-                self._accel[image.kernel] = ("kvm", why) if works else ("tcg", why)
-            return self._accel[image.kernel]
+            if wanted != "auto":
+                choice = (wanted, "set by the machine's accel option")
+            elif image.kernel is None:
+                choice = ("tcg", "firmware boot: KVM is not probed, set accel: kvm to use it")
+            else:
+                if image.kernel not in self._probes:
+                    works, why = probe_kvm(image.kernel, image.initrd)
+                    self._probes[image.kernel] = ("kvm", why) if works else ("tcg", why)
+                choice = self._probes[image.kernel]
+            self._accel[machine.id] = choice
+            return choice
 
     def _connection(self, uri: str) -> Any:
         libvirt = _libvirt()
