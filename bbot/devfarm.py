@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -27,11 +28,36 @@ from bbot.controller.lease import BuildState
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def git_daemon(base: Path, timeout: float = 10.0) -> Iterator[str]:
+    """``git daemon`` on 127.0.0.1 serving the repositories under ``base`` (a stand-in for a
+    git host, for tests and benchmarks); yields ``git://127.0.0.1:PORT``; stopped on exit.
+    Build machines reach it at 10.0.2.2 (the agent rewrites loopback URLs)."""
+    port = free_port()
+    daemon = subprocess.Popen(["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={base}",
+                               "--listen=127.0.0.1", f"--port={port}", str(base)],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if daemon.poll() is not None:
+                    raise RuntimeError(f"git daemon exited with code {daemon.returncode}") from None
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"git daemon did not listen within {timeout:g} s") from None
+                time.sleep(0.05)
+        yield f"git://127.0.0.1:{port}"
+    finally:
+        daemon.terminate()
+        daemon.wait(10)
 
 
 @dataclass

@@ -30,7 +30,7 @@ from kombu import Consumer
 from bbot import bus
 from bbot.agent.lifecycle import BootLife, MachineEvent, MachineState
 from bbot.agent.machines import backend_for
-from bbot.agent.machines.base import BootSpec, MachineBackend, agent_tag
+from bbot.agent.machines.base import BootSpec, MachineBackend, agent_tag, mounts
 from bbot.bus import names
 from bbot.config import AgentConfig, MachineConfig
 from bbot.manifest import (
@@ -192,12 +192,12 @@ class Agent:
         for root in (self.boots_root, self.tftp_root):
             if not root.is_dir():
                 continue
-            mounts = _mount_points()
+            mount_points = [Path(m.mount_point) for m in mounts()]
             for entry in root.iterdir():
                 # A boot's folders exist a moment before it is live (claimed first, then made).
                 if entry.name in live or entry.name in self._pending:
                     continue
-                busy = [m for m in mounts if m == entry or entry in m.parents]
+                busy = [m for m in mount_points if m == entry or entry in m.parents]
                 if busy:
                     # Never delete through a mount (a machine's root, a bind of something else):
                     # its backend unmounts it first, at the next reconcile if not now.
@@ -599,16 +599,6 @@ class Agent:
         headers.update({names.HEADER_METRICS_PREFIX + k: round(v, 6) for k, v in metrics.items()})
         self._outbox.put(bus.Outgoing(request.to_text(), self._results_exchange, reply_to,
                                       correlation_id=request.session, headers=headers))
-
-
-def _mount_points() -> list[Path]:
-    """Every mount point of this process's mount namespace."""
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-            # Field 5 is the mount point, with spaces and such escaped as octal (\040).
-            return [Path(line.split()[4].encode().decode("unicode_escape")) for line in f]
-    except OSError:
-        return []
 
 
 class _Outbox:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,6 +47,7 @@ from bbot.agent.machines.workercode import initrd_with_worker
 from bbot.agent.service import Agent
 from bbot.bus import names
 from bbot.config import AgentConfig, MachineConfig
+from bbot.devfarm import git_daemon
 from bbot.manifest import ResultRequest, Task
 from bbot.manifest.status import Status
 from bbot.tftp import TASK_MANIFEST, TftpService
@@ -63,7 +63,8 @@ def image_dir() -> Path:
 
 
 @contextlib.contextmanager
-def git_daemon(tmp: Path) -> Iterator[str]:
+def served_sample(tmp: Path) -> Iterator[str]:
+    """The sample as a git repository served on loopback; yields its URL."""
     repo = tmp / "git" / "libhello.git"
     shutil.copytree(SAMPLE, repo)
     for cmd in (
@@ -72,37 +73,8 @@ def git_daemon(tmp: Path) -> Iterator[str]:
         ["git", "-c", "user.name=bench", "-c", "user.email=b@bbot.invalid", "commit", "-q", "-m", "x"],
     ):
         subprocess.run(cmd, cwd=repo, check=True)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    daemon = subprocess.Popen(
-        [
-            "git",
-            "daemon",
-            "--reuseaddr",
-            "--export-all",
-            f"--base-path={tmp / 'git'}",
-            "--listen=127.0.0.1",
-            f"--port={port}",
-            str(tmp / "git"),
-        ],
-        stdin=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-    try:
-        yield f"git://127.0.0.1:{port}/libhello.git#main"
-    finally:
-        daemon.terminate()
-        daemon.wait(10)
+    with git_daemon(tmp / "git") as url:
+        yield f"{url}/libhello.git#main"
 
 
 def phases(life: BootLife) -> dict[str, float]:
@@ -283,7 +255,7 @@ def main() -> int:
     image = image_dir()
     rows: dict[str, dict[str, list[float]]] = {}
     notes: dict[str, str] = {}
-    with tempfile.TemporaryDirectory(prefix="bbot-bench-") as tmp_name, git_daemon(Path(tmp_name)) as url:
+    with tempfile.TemporaryDirectory(prefix="bbot-bench-") as tmp_name, served_sample(Path(tmp_name)) as url:
         tmp = Path(tmp_name)
         for machine_type in types:
             options: dict[str, object] = {"image": str(image)} if machine_type in ("kvm", "container") else {}

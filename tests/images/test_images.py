@@ -14,7 +14,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,15 +22,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bbot import devfarm
+from bbot.agent.machines.cpio import write_boot_initrd
+from bbot.agent.machines.workercode import package_dirs, worker_archive
 from bbot.manifest import Result, Task
 from bbot.manifest.status import Status
 from bbot.tftp import RESULT_MANIFEST, TASK_MANIFEST, TftpService
 from tests.conftest import SAMPLE, git_repo
-from tests.images.image import BUILD_COMMAND, REPO, ensure_image, run_build
-
-sys.path.insert(0, str(REPO / "ops" / "images"))
-from bbot.agent.machines.cpio import write_boot_initrd
-from bbot.agent.machines.workercode import package_dirs, worker_archive
+from tests.images.image import BUILD_COMMAND, ensure_image, run_build
 
 START_LINE = "bbot-init: starting worker"
 EXIT_LINE = "bbot-init: worker exited"
@@ -263,23 +261,8 @@ def git_daemon(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """A git daemon on 127.0.0.1 serving tmp_path/git (a test-only stand-in for a git host)."""
     base = tmp_path / "git"
     base.mkdir()
-    port = free_port()
-    daemon = subprocess.Popen(["git", "daemon", "--export-all", f"--base-path={base}", "--reuseaddr",
-                               "--listen=127.0.0.1", f"--port={port}", str(base)],
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert daemon.poll() is None, "git daemon exited"
-            assert time.monotonic() < deadline, "git daemon did not listen within 10 s"
-            time.sleep(0.05)
-        yield port, base
-    finally:
-        daemon.terminate()
-        daemon.wait(10)
+    with devfarm.git_daemon(base) as url:
+        yield int(url.rsplit(":", 1)[1]), base
 
 
 def test_worker_in_the_machine_builds_a_task_from_tftp(image: Path, machine: dict[str, object],

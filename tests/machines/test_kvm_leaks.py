@@ -24,7 +24,7 @@ import libvirt
 import pytest
 
 from bbot.agent.machines.base import agent_tag
-from bbot.devfarm import DevFarm
+from bbot.devfarm import DevFarm, git_daemon
 from tests.conftest import RABBITMQ_URL, git_repo
 from tests.images.image import ensure_image
 from tests.machines.conftest_vm import SYSTEM_URI, libvirt_system
@@ -39,19 +39,10 @@ BUILDS = 10
 @pytest.fixture
 def trivial_git_url(tmp_path: Path) -> Iterator[str]:
     """A project whose build takes no time, so the test spends its minutes on boots and kills."""
-    from tests.machines.conftest_vm import _free_port
-
     base = tmp_path / "git"
     git_repo(base / "trivial.git", {"Makefile": "all:\n\t@echo built\ncheck:\n\t@true\ninstall:\n\t@true\n"})
-    port = _free_port()
-    daemon = subprocess.Popen(["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={base}",
-                               "--listen=127.0.0.1", f"--port={port}", str(base)],
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        yield f"git://127.0.0.1:{port}/trivial.git#main"
-    finally:
-        daemon.terminate()
-        daemon.wait(10)
+    with git_daemon(base) as url:
+        yield f"{url}/trivial.git#main"
 
 
 def our_domains(conn: Any, tag: str) -> list[Any]:

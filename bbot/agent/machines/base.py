@@ -16,6 +16,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import os
+import re
 import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -131,6 +132,32 @@ class MachineBackend(abc.ABC):
     @abc.abstractmethod
     def discard(self, spec: BootSpec) -> None:
         """Throw the snapshot away. Idempotent; must not fail when parts are already gone."""
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    mount_point: str
+    fstype: str
+    source: str
+    super_options: str
+
+
+def _unescape(text: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as octal escapes (\\040)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
+
+
+def mounts() -> list[MountEntry]:
+    """The mounts of our mount namespace (/proc/self/mountinfo): containers' roots, and what
+    the agent must never delete through."""
+    entries = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            head, _, tail = line.partition(" - ")
+            fields, rest = head.split(), tail.split()
+            if len(fields) >= 5 and len(rest) >= 3:
+                entries.append(MountEntry(_unescape(fields[4]), rest[0], _unescape(rest[1]), rest[2]))
+    return entries
 
 
 def signal_name(number: int) -> str:

@@ -24,7 +24,6 @@ import importlib.util
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -45,6 +44,7 @@ from bbot.agent.machines.base import (
     MachineBackend,
     Problem,
     file_tail,
+    mounts,
     signal_name,
 )
 from bbot.agent.machines.container_init import MNT_DETACH, MS_NODEV, idmapped_bind, mount, umount
@@ -198,31 +198,6 @@ class CgroupLayout:
         if self.v2_parent is not None:
             parts.append("processes tracked and killed by cgroup v2")
         return ", ".join(parts)
-
-
-@dataclass(frozen=True)
-class MountEntry:
-    mount_point: str
-    fstype: str
-    source: str
-    super_options: str
-
-
-def _unescape(text: str) -> str:
-    """mountinfo writes space, tab, newline and backslash as octal escapes (\\040)."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
-
-
-def mounts() -> list[MountEntry]:
-    """The mounts of our mount namespace (/proc/self/mountinfo)."""
-    entries = []
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            head, _, tail = line.partition(" - ")
-            fields, rest = head.split(), tail.split()
-            if len(fields) >= 5 and len(rest) >= 3:
-                entries.append(MountEntry(_unescape(fields[4]), rest[0], _unescape(rest[1]), rest[2]))
-    return entries
 
 
 def discover_cgroups() -> CgroupLayout:

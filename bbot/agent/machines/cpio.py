@@ -26,6 +26,7 @@ from typing import BinaryIO
 __all__ = [
     "WORKER_DIR",
     "CpioWriter",
+    "boot_initrd",
     "write_boot_initrd",
     "write_worker_cpio",
 ]
@@ -143,24 +144,25 @@ def write_worker_cpio(out: BinaryIO, package_dirs: Iterable[Path], mtime: int = 
     writer.close()
 
 
-def write_boot_initrd(image_initrd: Path, out: Path, package_dirs: Iterable[Path]) -> None:
-    """``out`` = the image's initrd.img followed by the worker archive: what one boot's -initrd is.
-
-    Written to a temporary name beside ``out`` and renamed, so a reader never sees half of it.
-    """
+def boot_initrd(image_initrd: Path, package_dirs: Iterable[Path]) -> bytes:
+    """The image's initrd.img followed by the worker archive: what one boot's -initrd is."""
     worker = io.BytesIO()
     write_worker_cpio(worker, package_dirs)
     base = image_initrd.read_bytes()
+    # The kernel looks for the next archive's header on a 4-byte boundary and skips zeros.
+    return base + b"\0" * (-len(base) % _ALIGN) + worker.getvalue()
+
+
+def write_boot_initrd(image_initrd: Path, out: Path, package_dirs: Iterable[Path]) -> None:
+    """``boot_initrd`` into ``out``, written to a temporary name beside it and renamed, so a
+    reader never sees half of it."""
+    data = boot_initrd(image_initrd, package_dirs)
     fd, temporary = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(base)
-            # The kernel looks for the next archive's header on a 4-byte boundary and skips zeros.
-            handle.write(b"\0" * (-len(base) % _ALIGN))
-            handle.write(worker.getvalue())
+            handle.write(data)
         os.replace(temporary, out)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
-

@@ -157,7 +157,9 @@ def check_options(where: str, options: Mapping[str, Any], problem: Problem, base
 
 
 def image_of(machine: MachineConfig) -> MachineImage:
-    image, problems = load_image(Path(str(machine.options["image"])))
+    """The machine's image, by its real folder: when the configured path is a link that a
+    rebuild moves (ops/images/build's ``debian-12``), boots already running keep their own."""
+    image, problems = load_image(Path(str(machine.options["image"])).resolve())
     if image is None:
         raise RuntimeError("; ".join(problems))
     return image
@@ -256,6 +258,7 @@ class KvmMachine(MachineBackend):
         self._stopped: dict[str, tuple[int, int]] = {}  # domain name -> last lifecycle event
         self._event_arrived = threading.Condition()
         self._uris: set[str] = set()
+        self._boot_images: dict[str, MachineImage] = {}  # boot id -> its image, from create_snapshot
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -328,20 +331,20 @@ class KvmMachine(MachineBackend):
 
     def create_snapshot(self, spec: BootSpec) -> None:
         assert spec.machine is not None
-        image = image_of(spec.machine)
+        # Read once per boot: the overlay, the kernel and the initrd all come from this image.
+        image = self._boot_images[spec.boot_id] = image_of(spec.machine)
         overlay = spec.work_dir / OVERLAY
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2",
-                        "-b", str(image.disk.absolute()), str(overlay)],
+                        "-b", str(image.disk), str(overlay)],
                        check=True, capture_output=True, stdin=subprocess.DEVNULL)
         if image.initrd is not None:
-            (spec.work_dir / INITRD).write_bytes(
-                initrd_with_worker(image.initrd.absolute()))
+            (spec.work_dir / INITRD).write_bytes(initrd_with_worker(image.initrd))
 
     def boot(self, spec: BootSpec) -> None:
         assert spec.machine is not None
         uri = self._uri(spec.machine)
         self._uris.add(uri)
-        image = image_of(spec.machine)
+        image = self._boot_images[spec.boot_id]
         accel = "tcg" if uri.startswith("test:") else self._choose_accel(spec.machine, image)[0]
         xml = domain_xml(spec, image, domain_type(uri, accel))
         (spec.work_dir / "domain.xml").write_text(xml, encoding="utf-8")  # for people debugging a boot
@@ -413,6 +416,7 @@ class KvmMachine(MachineBackend):
             log.warning("kvm: cannot reach libvirt to discard %s: %s", spec.resource_name, e)
         finally:
             self._stopped.pop(spec.resource_name, None)
+            self._boot_images.pop(spec.boot_id, None)
             shutil.rmtree(spec.work_dir, ignore_errors=True)
 
     def reconcile(self, tag: str, live_boot_ids: set[str]) -> list[str]:
@@ -475,7 +479,7 @@ def domain_xml(spec: BootSpec, image: MachineImage, dtype: str) -> str:
     if image.kernel is not None:
         cmdline = " ".join([image.cmdline, *worker_args]).strip()
         initrd = f"<initrd>{escape(str(spec.work_dir / INITRD))}</initrd>" if image.initrd else ""
-        os_xml = (f"<kernel>{escape(str(image.kernel.absolute()))}</kernel>{initrd}"
+        os_xml = (f"<kernel>{escape(str(image.kernel))}</kernel>{initrd}"
                   f"<cmdline>{escape(cmdline)}</cmdline>")
         sysinfo = ""
     else:

@@ -17,7 +17,7 @@ from pathlib import Path
 import tftpy
 
 import bbot
-from bbot.agent.machines.cpio import write_boot_initrd, write_worker_cpio
+from bbot.agent.machines.cpio import boot_initrd, write_worker_cpio
 
 
 def package_dirs() -> list[Path]:
@@ -34,12 +34,7 @@ def worker_archive() -> bytes:
 
 @functools.lru_cache(maxsize=8)
 def _initrd_with_worker(base_initrd: Path, base_mtime_ns: int) -> bytes:
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="bbot-initrd-") as scratch:
-        out = Path(scratch) / "initrd.img"
-        write_boot_initrd(base_initrd, out, package_dirs())
-        return out.read_bytes()
+    return boot_initrd(base_initrd, package_dirs())
 
 
 def initrd_with_worker(base_initrd: Path) -> bytes:
